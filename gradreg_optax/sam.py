@@ -1,0 +1,125 @@
+"""Sharpness-aware minimization and the gradient-norm penalty."""
+
+from __future__ import annotations
+
+import optax
+
+from gradreg_optax import _base
+from gradreg_optax._base import LossFn, ScalarOrSchedule
+from gradreg_optax.perturbed import MaskOrFn, perturbed_gradient, weight_matrices
+
+
+def gradient_norm_penalty(
+    loss_fn: LossFn,
+    alpha: ScalarOrSchedule = 0.8,
+    r: ScalarOrSchedule = 0.1,
+    *,
+    has_aux: bool = False,
+    axis_name: str | None = None,
+    per_device_perturbation: bool = False,
+    every_k: int = 1,
+    reuse: str = "correction",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Gradient of ``L + lambda ||grad L||`` by one extra gradient.
+
+  Zhao, Zhang & Hu, *Penalizing Gradient Norm for Efficiently Improving
+  Generalization in Deep Learning*, ICML 2022, Algorithm 1:
+
+  .. math::
+
+    u = (1 - \alpha)\, g + \alpha\, \nabla L\!\left(\theta + r \frac{g}{\|g\|}
+    \right), \qquad \alpha = \lambda / r,
+
+  with ``g`` the incoming gradient, which enters the mix as is (the paper's
+  formula; some public code normalizes it there, which is a different method).
+  ``alpha = 1`` is SAM with ``rho = r``; ``alpha = 0`` or ``r = 0`` give the
+  incoming gradient bit for bit. The authors recommend ``alpha = 0.8``.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).
+    alpha: mixing weight ``lambda / r``, ``>= 0`` (number or schedule).
+    r: radius of the normalized displacement, ``>= 0``.
+    has_aux, axis_name, per_device_perturbation, every_k, reuse: as in
+      :func:`gradreg_optax.perturbed_gradient`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import gradreg_optax as gro
+    >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
+    >>> params, batch = jnp.array([1.0, -2.0]), jnp.array([1.0, 3.0])
+    >>> tx = optax.chain(gro.gradient_norm_penalty(loss_fn), optax.sgd(0.1))
+    >>> grads = jax.grad(loss_fn)(params, batch)
+    >>> updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
+  """
+  _base.check_hyperparameter("alpha", alpha, positive=False)
+  _base.check_hyperparameter("r", r, positive=False)
+  return perturbed_gradient(
+      loss_fn, [r], [alpha], normalize=True, has_aux=has_aux,
+      axis_name=axis_name, per_device_perturbation=per_device_perturbation,
+      every_k=every_k, reuse=reuse)
+
+
+def sam(
+    loss_fn: LossFn,
+    rho: ScalarOrSchedule = 0.05,
+    *,
+    normalize: bool = True,
+    adaptive: bool = False,
+    adaptive_eta: float = 0.01,
+    adaptive_mask: MaskOrFn = weight_matrices,
+    has_aux: bool = False,
+    axis_name: str | None = None,
+    per_device_perturbation: bool = False,
+    every_k: int = 1,
+    reuse: str = "correction",
+) -> optax.GradientTransformationExtraArgs:
+  r"""Sharpness-aware minimization: the gradient at the ascended point.
+
+  Foret, Kleiner, Mobahi & Neyshabur, *Sharpness-Aware Minimization for
+  Efficiently Improving Generalization*, ICLR 2021:
+
+  .. math::
+
+    u = \nabla L\!\left(\theta + \rho \frac{g}{\|g\|}\right)
+    \quad\text{or, with normalize=False,}\quad u = \nabla L(\theta + \rho g),
+
+  the unnormalized variant being F-GR with ``gamma = eps = rho`` (Karakida et
+  al., 2023). With ``adaptive=True`` it is ASAM (Kwon et al., ICML 2021):
+  ``u = grad L(theta + rho T^2 g / ||T g||)``, ``T = |theta| + adaptive_eta``
+  on the leaves selected by ``adaptive_mask`` (default: weight matrices and
+  kernels, not biases or normalization parameters) and 1 elsewhere; ASAM
+  typically uses a larger ``rho`` (0.5 to 2). ``rho = 0`` gives the incoming
+  gradient bit for bit, and a zero gradient is not perturbed (no NaN).
+
+  This is the "opaque" SAM of ``optax.contrib.sam(..., opaque_mode=True)``:
+  one step of the base optimizer per call, at twice the cost of a gradient.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).
+    rho: radius of the ascent step, ``>= 0`` (number or schedule).
+    normalize: divide the ascent direction by its norm (standard SAM).
+    adaptive, adaptive_eta, adaptive_mask: ASAM (see above).
+    has_aux, axis_name, per_device_perturbation, every_k, reuse: as in
+      :func:`gradreg_optax.perturbed_gradient`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import gradreg_optax as gro
+    >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
+    >>> params, batch = jnp.array([1.0, -2.0]), jnp.array([1.0, 3.0])
+    >>> tx = optax.chain(gro.sam(loss_fn, rho=0.05), optax.sgd(0.1))
+    >>> grads = jax.grad(loss_fn)(params, batch)
+    >>> updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
+  """
+  _base.check_hyperparameter("rho", rho, positive=False)
+  return perturbed_gradient(
+      loss_fn, [rho], [1.0], normalize=normalize, adaptive=adaptive,
+      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, has_aux=has_aux,
+      axis_name=axis_name, per_device_perturbation=per_device_perturbation,
+      every_k=every_k, reuse=reuse)
