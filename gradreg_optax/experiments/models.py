@@ -1,0 +1,107 @@
+"""Flax Linen models used by the experiments and benchmarks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """``depth`` dense layers (``depth - 1`` hidden, ReLU), biases included.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = MLP(width=8, depth=3, num_classes=4)
+    >>> variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 5)))
+    >>> model.apply(variables, jnp.ones((2, 5))).shape
+    (2, 4)
+  """
+
+  width: int = 256
+  depth: int = 3
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(self.depth - 1):
+      x = nn.relu(nn.Dense(self.width)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class SmallCNN(nn.Module):
+  """Two 3x3 convolutions with max pooling, then a dense classifier.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = SmallCNN(num_classes=10)
+    >>> variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 8, 8, 1)))
+    >>> model.apply(variables, jnp.ones((2, 8, 8, 1))).shape
+    (2, 10)
+  """
+
+  features: Sequence[int] = (32, 64)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train
+    for f in self.features:
+      x = nn.relu(nn.Conv(f, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class _BasicBlock(nn.Module):
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    y = nn.Conv(self.features, (3, 3), (self.strides, self.strides),
+                use_bias=False)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+    y = norm()(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.features, (1, 1), (self.strides, self.strides),
+                  use_bias=False)(x)
+      x = norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 for 32x32 images (3x3 stem, no max pooling), with BatchNorm.
+
+  Call with ``train=True`` and ``mutable=["batch_stats"]`` while training.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = ResNet18(num_classes=10, width=8)
+    >>> x = jnp.ones((2, 32, 32, 3))
+    >>> variables = model.init(jax.random.PRNGKey(0), x)
+    >>> sorted(variables)
+    ['batch_stats', 'params']
+    >>> model.apply(variables, x).shape
+    (2, 10)
+  """
+
+  num_classes: int = 10
+  width: int = 64
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = nn.Conv(self.width, (3, 3), use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    for stage, blocks in enumerate((2, 2, 2, 2)):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = _BasicBlock(self.width * 2**stage, strides)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
