@@ -95,7 +95,7 @@ def check_hyperparameter(name: str, value: Any, *, positive: bool) -> None:
     return
   try:
     number = float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
+  except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
     if isinstance(value, jax.core.Tracer):
       return
     raise TypeError(f"`{name}` must be a number or a schedule "
