@@ -158,6 +158,15 @@ def resolve_loss(name: str, loss_fn: LossFn, extra_args: dict[str, Any]
   return lambda p: loss_fn(p, batch)
 
 
+def _check_every_k(every_k: Any) -> None:
+  if isinstance(every_k, jax.core.Tracer):
+    return
+  integral = (not isinstance(every_k, bool) and jnp.ndim(every_k) == 0
+              and jnp.issubdtype(jnp.result_type(every_k), jnp.integer))
+  if not integral or int(every_k) < 1:
+    raise ValueError(f"`every_k` must be an int >= 1, got {every_k!r}.")
+
+
 def value_at(hyper: ScalarOrSchedule, count: Array) -> Array:
   return hyper(count) if callable(hyper) else hyper
 
@@ -198,14 +207,16 @@ def regularizer(
     raise TypeError(f"`has_aux` must be a bool, got {has_aux!r}.")
   if axis_name is not None and not isinstance(axis_name, str):
     raise TypeError(f"`axis_name` must be a string or None, got {axis_name!r}.")
-  if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
-    raise ValueError(f"`every_k` must be an int >= 1, got {every_k!r}.")
+  _check_every_k(every_k)
   if reuse not in REUSE_MODES:
     raise ValueError(f"`reuse` must be one of {REUSE_MODES}, got {reuse!r}.")
 
   def init_fn(params: optax.Params) -> RegularizerState:
     count = jnp.zeros([], jnp.int32)
-    if every_k == 1:
+    # Whether the correction is amortized is fixed here, where `every_k` is
+    # concrete, and read back from the state's structure in `update` (where
+    # `optax.inject_hyperparams` may hand a traced `every_k`).
+    if int(every_k) == 1:
       return RegularizerState(count=count)
     return RegularizerState(
         count=count,
@@ -227,7 +238,7 @@ def regularizer(
     def fresh() -> tuple[optax.Updates, Array]:
       return correction_fn(grad_fn, params, g, hyper)
 
-    if every_k == 1:
+    if state.correction is None:
       correction, trivial = fresh()
       new_state = RegularizerState(count=optax.safe_increment(state.count))
     else:
