@@ -1,0 +1,249 @@
+"""Problems and train steps shared by the cost benchmarks.
+
+A *problem* is a model, its loss and synthetic data of CIFAR-10's shape. A
+*step* is one full jitted training step ``(params, opt_state, model_state, x,
+y) -> (params, opt_state, model_state, loss)``: the caller's own gradient,
+then either the library's transformation chained with the optimizer
+(``library_step``) or the shortest hand-written code for the same method
+(``hand_step``). Both use the same ``optax.sgd`` with momentum, so the two
+differ only in how the regularized gradient is formed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gradreg_optax as gro  # pylint: disable=wrong-import-position
+from gradreg_optax.experiments.models import MLP, ResNet18, SmallCNN  # pylint: disable=wrong-import-position
+
+NUM_CLASSES = 10
+CIFAR_SHAPE = (32, 32, 3)
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+GAMMA = 0.05
+EPS = 0.1
+RHO = 0.05
+GNP_ALPHA, GNP_R = 0.8, 0.1
+
+# Every method as the library builds it, by name.
+LIBRARY_METHODS = ("forward", "backward", "central", "double_backprop", "jvp",
+                   "sam", "gradient_norm_penalty")
+
+
+@dataclasses.dataclass
+class Problem:
+  """A model with its loss, initial parameters and one batch of data."""
+  name: str
+  loss_fn: Callable[..., Any]  # loss_fn(params, batch) -> loss or (loss, aux)
+  has_aux: bool  # True where the loss returns new BatchNorm statistics
+  params: Any
+  model_state: Any  # BatchNorm statistics, or an empty dict
+  x: jax.Array
+  y: jax.Array
+
+  def batch(self, model_state, x, y):
+    return (x, y, model_state) if self.has_aux else (x, y)
+
+  def args(self):
+    return self.params, self.model_state, self.x, self.y
+
+
+def cross_entropy(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def synthetic_data(key, batch_size, input_shape):
+  kx, ky = jax.random.split(key)
+  x = jax.random.normal(kx, (batch_size,) + tuple(input_shape), jnp.float32)
+  y = jax.random.randint(ky, (batch_size,), 0, NUM_CLASSES)
+  return x, y
+
+
+def mlp_problem(depth: int, width: int, batch_size: int,
+                input_shape=CIFAR_SHAPE, seed: int = 0) -> Problem:
+  """``depth`` dense layers (``depth - 1`` hidden of ``width``, ReLU)."""
+  model = MLP(width=width, depth=depth, num_classes=NUM_CLASSES)
+  key = jax.random.PRNGKey(seed)
+  x, y = synthetic_data(key, batch_size, input_shape)
+  params = model.init(key, x[:1])["params"]
+
+  def loss_fn(params, batch):
+    x, y = batch
+    return cross_entropy(model.apply({"params": params}, x), y)
+
+  return Problem(f"mlp_L{depth}_w{width}_b{batch_size}", loss_fn, False,
+                 params, {}, x, y)
+
+
+def cnn_problem(batch_size: int, input_shape=CIFAR_SHAPE, seed: int = 0
+                ) -> Problem:
+  model = SmallCNN(num_classes=NUM_CLASSES)
+  key = jax.random.PRNGKey(seed)
+  x, y = synthetic_data(key, batch_size, input_shape)
+  params = model.init(key, x[:1])["params"]
+
+  def loss_fn(params, batch):
+    x, y = batch
+    return cross_entropy(model.apply({"params": params}, x), y)
+
+  return Problem(f"smallcnn_b{batch_size}", loss_fn, False, params, {}, x, y)
+
+
+def resnet_problem(batch_size: int, width: int = 64, input_shape=CIFAR_SHAPE,
+                   seed: int = 0) -> Problem:
+  """ResNet-18 with BatchNorm in training mode (batch statistics).
+
+  The loss returns the new running statistics as auxiliary output; the
+  library discards those of its extra evaluations.
+  """
+  model = ResNet18(num_classes=NUM_CLASSES, width=width)
+  key = jax.random.PRNGKey(seed)
+  x, y = synthetic_data(key, batch_size, input_shape)
+  variables = model.init(key, x[:2])
+
+  def loss_fn(params, batch):
+    x, y, batch_stats = batch
+    logits, new = model.apply({"params": params, "batch_stats": batch_stats},
+                              x, train=True, mutable=["batch_stats"])
+    return cross_entropy(logits, y), new["batch_stats"]
+
+  name = f"resnet18_b{batch_size}" + ("" if width == 64 else f"_w{width}")
+  return Problem(name, loss_fn, True, variables["params"],
+                 variables["batch_stats"], x, y)
+
+
+def optimizer() -> optax.GradientTransformation:
+  return optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+
+def transformation(problem: Problem, method: str, every_k: int = 1,
+                   reuse: str = "correction"):
+  """The library's transformation for ``method`` (public API only)."""
+  options = dict(has_aux=problem.has_aux, every_k=every_k, reuse=reuse)
+  if method == "sam":
+    return gro.sam(problem.loss_fn, rho=RHO, **options)
+  if method == "gradient_norm_penalty":
+    return gro.gradient_norm_penalty(problem.loss_fn, alpha=GNP_ALPHA,
+                                     r=GNP_R, **options)
+  return gro.gradient_regularization(problem.loss_fn, GAMMA, method=method,
+                                     eps=EPS, **options)
+
+
+def _own_gradient(problem, params, batch):
+  """The caller's gradient and loss; BatchNorm statistics from this pass."""
+  if problem.has_aux:
+    (loss, new_state), g = jax.value_and_grad(
+        problem.loss_fn, has_aux=True)(params, batch)
+  else:
+    loss, g = jax.value_and_grad(problem.loss_fn)(params, batch)
+    new_state = {}
+  return loss, g, new_state
+
+
+def library_step(problem: Problem, method: str | None, every_k: int = 1,
+                 reuse: str = "correction"):
+  """A train step; ``method=None`` is plain SGD (the baseline)."""
+  tx = optimizer()
+  if method is not None:
+    tx = optax.chain(transformation(problem, method, every_k, reuse), tx)
+
+  def step(params, opt_state, model_state, x, y):
+    batch = problem.batch(model_state, x, y)
+    loss, g, new_state = _own_gradient(problem, params, batch)
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch)
+    return optax.apply_updates(params, updates), opt_state, new_state, loss
+
+  return tx, step
+
+
+def hand_step(problem: Problem, method: str):
+  """The shortest step for ``method`` written directly in JAX.
+
+  The reference the library's steps are timed against: no state, checks,
+  schedules or exact-limit selects, just the mathematics.
+  """
+  tx = optimizer()
+  loss_only = ((lambda p, b: problem.loss_fn(p, b)[0]) if problem.has_aux
+               else problem.loss_fn)
+  sq_norm = lambda t: sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(t))
+
+  def regularized(params, batch, g):
+    grad = lambda p: jax.grad(loss_only)(p, batch)
+    if method in ("forward", "backward"):
+      eps = EPS if method == "forward" else -EPS
+      g1 = grad(jax.tree.map(lambda p, v: p + eps * v, params, g))
+      return jax.tree.map(lambda v, v1: v + (GAMMA / eps) * (v1 - v), g, g1)
+    if method == "central":
+      gp = grad(jax.tree.map(lambda p, v: p + EPS * v, params, g))
+      gm = grad(jax.tree.map(lambda p, v: p - EPS * v, params, g))
+      return jax.tree.map(lambda v, a, b: v + GAMMA / (2 * EPS) * (a - b),
+                          g, gp, gm)
+    if method == "jvp":
+      hg = jax.jvp(grad, (params,), (g,))[1]
+      return jax.tree.map(lambda v, h: v + GAMMA * h, g, hg)
+    if method in ("sam", "gradient_norm_penalty"):
+      r = RHO if method == "sam" else GNP_R
+      scale = r / jnp.sqrt(sq_norm(g))
+      g1 = grad(jax.tree.map(lambda p, v: p + scale * v, params, g))
+      if method == "sam":
+        return g1
+      return jax.tree.map(lambda v, v1: (1 - GNP_ALPHA) * v + GNP_ALPHA * v1,
+                          g, g1)
+    raise ValueError(method)
+
+  def step(params, opt_state, model_state, x, y):
+    batch = problem.batch(model_state, x, y)
+    if method == "double_backprop":
+      # Classical double backpropagation: the gradient of
+      # L + (gamma/2) ||grad L||^2 in one reverse pass over the backward pass.
+      def penalized(p):
+        if problem.has_aux:
+          (loss, new_state), g = jax.value_and_grad(
+              problem.loss_fn, has_aux=True)(p, batch)
+        else:
+          loss, g = jax.value_and_grad(problem.loss_fn)(p, batch)
+          new_state = {}
+        return loss + 0.5 * GAMMA * sq_norm(g), (loss, new_state)
+      u, (loss, new_state) = jax.grad(penalized, has_aux=True)(params)
+    else:
+      loss, g, new_state = _own_gradient(problem, params, batch)
+      u = regularized(params, batch, g)
+    updates, opt_state = tx.update(u, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, new_state, loss
+
+  return tx, step
+
+
+def environment() -> dict[str, Any]:
+  import flax  # pylint: disable=import-outside-toplevel
+  devices = jax.devices()
+  return {
+      "device": devices[0].device_kind,
+      "platform": devices[0].platform,
+      "device_count": len(devices),
+      "jax": jax.__version__,
+      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
+                else __import__("jaxlib").__version__,
+      "optax": optax.__version__,
+      "flax": flax.__version__,
+      "python": platform.python_version(),
+      "command": "python " + " ".join(sys.argv),
+  }
+
+
+def device_slug() -> str:
+  """A file-name-safe device name, e.g. ``nvidia_h100_80gb_hbm3`` or ``cpu``."""
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    return "cpu"
+  return "".join(c if c.isalnum() else "_" for c in d.device_kind.lower()
+                 ).strip("_")
