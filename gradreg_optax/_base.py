@@ -200,7 +200,11 @@ def regularizer(
   With ``every_k > 1`` the correction is recomputed on steps ``0, k, 2k, ...``
   and reused in between, as is (``reuse="correction"``) or rescaled to the
   current gradient norm (``reuse="scaled"``); the average cost per step is
-  then ``1 + (extra gradient evaluations) / k`` gradients.
+  then ``1 + (extra gradient evaluations) / k`` gradients. The choice is made
+  on the device with ``lax.cond`` unless ``update`` gets the extra argument
+  ``recompute``: a Python bool picks the branch when tracing (compile the
+  step twice, e.g. with ``static_argnames``; this is the fast option on GPUs),
+  a boolean array replaces the step-count rule.
   """
   check_callable("loss_fn", loss_fn)
   if not isinstance(has_aux, bool):
@@ -260,8 +264,15 @@ def regularizer(
           correction = jax.tree.map(lambda c: c * g_norm, kept)
         return correction, jnp.array(False), kept
 
-      correction, trivial, kept = jax.lax.cond(
-          state.count % every_k == 0, recompute, reuse_last)
+      choice = extra_args.get("recompute")
+      if isinstance(choice, bool):
+        # Chosen on the host: no conditional in the compiled program, which
+        # on GPUs costs more than the gradient it saves.
+        correction, trivial, kept = recompute() if choice else reuse_last()
+      else:
+        if choice is None:
+          choice = state.count % every_k == 0
+        correction, trivial, kept = jax.lax.cond(choice, recompute, reuse_last)
       new_state = RegularizerState(count=optax.safe_increment(state.count),
                                    correction=kept)
 

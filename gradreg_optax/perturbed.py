@@ -117,7 +117,10 @@ def perturbed_gradient(
       parameters along its own gradient and average only the result (SAM's
       m-sharpness). Otherwise every device uses the averaged gradient.
     every_k: recompute the correction every ``k`` steps and reuse it in
-      between (average cost ``1 + len(radii)/k`` gradients per step).
+      between (average cost ``1 + len(radii)/k`` gradients per step). By
+      default a ``lax.cond`` on the step count decides; on GPUs, decide on
+      the host instead by passing ``recompute=step % k == 0`` (a Python
+      bool) to ``update`` in a step jitted with ``static_argnames``.
     reuse: ``"correction"`` reuses the last correction as is; ``"scaled"``
       reuses its direction rescaled to the current gradient norm (LookSAM).
 

@@ -48,11 +48,15 @@ def gradient_regularization(
   ("grads" counts gradient evaluations per step, the caller's own included.)
   F-GR and B-GR are O(eps) from ``H g``, the central difference O(eps^2). The
   paper finds F-GR with a fairly large ``eps`` (about 0.1) generalizes best
-  and B-GR worst. ``"double_backprop"`` differentiates the inner product of
-  the gradient with the incoming ``g`` held fixed: this is
-  ``grad (1/2)||grad L||^2`` (double backpropagation) with the inner gradient
-  replaced by the equal ``g``, which keeps it exact under data parallelism,
-  where ``g`` is the global gradient.
+  and B-GR worst. ``"double_backprop"`` is ``grad (1/2)||grad L||^2`` by
+  reverse over reverse differentiation, formed as ``grad <grad L, g>`` with
+  the incoming ``g`` held fixed (equal, cheaper, and exact across devices
+  under data parallelism, where ``g`` is the averaged gradient). Both exact
+  methods compute the same ``H g``, but forward over reverse (``"jvp"``) is
+  the cheaper one on convolutional networks (on an H100, ResNet-18 steps cost
+  2.7x SGD with ``"jvp"`` against 3.6x to 5.3x with ``"double_backprop"``,
+  whose reverse pass over the backward convolutions adds transposes):
+  prefer ``"jvp"`` when you want the exact product.
 
   On GPUs, float32 matrix products default to TF32, whose rounding
   (about 1e-3 relative) enters the finite difference divided by ``eps``;
@@ -145,6 +149,14 @@ def _hvp_jvp(grad_fn, params, g):
 
 
 def _hvp_double_backprop(grad_fn, params, g):
+  """``grad <grad L, g>`` with ``g`` held fixed: ``grad (1/2)||grad L||^2``.
+
+  Holding the incoming ``g`` fixed rather than differentiating
+  ``(1/2)||grad L||^2`` literally lets XLA share the forward and backward
+  pass with the caller's own gradient (9L - 5 matrix products for an L-layer
+  MLP instead of 10L - 5), and keeps ``H g`` exact under data parallelism,
+  where ``g`` is the averaged gradient and ``mean_i H_i g_i`` would be wrong.
+  """
   # Elementwise products and sums, not vdot: no extra dot in the program.
   fixed = jax.lax.stop_gradient(g)
   inner = lambda p: sum(jnp.sum(_base.wide(a) * b) for a, b in zip(
