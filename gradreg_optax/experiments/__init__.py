@@ -1,0 +1,1 @@
+"""Experiments, training recipes and models built on the public API."""
