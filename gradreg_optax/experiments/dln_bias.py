@@ -101,14 +101,20 @@ def main(argv=None):
   p.add_argument("--out", default="docs/results")
   p.add_argument("--figures", default="docs/figures")
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--seeds", type=int, nargs="*", default=None,
+                 help="data seeds (default: 0 1 2, quick: 0)")
   args = p.parse_args(argv)
-  cfg = QUICK if args.quick else FULL
+  cfg = dict(QUICK if args.quick else FULL)
+  if args.seeds is not None:
+    cfg["seeds"] = args.seeds
   os.makedirs(args.out, exist_ok=True)
   os.makedirs(args.figures, exist_ok=True)
   t0 = time.time()
   res = dict(command="python -m gradreg_optax.experiments.dln_bias "
              + " ".join(argv if argv is not None else sys.argv[1:]),
-             config=cfg, tol=TOL, loss="sum", bias=[], sweep=[], grid=[])
+             config=cfg, tol=TOL, loss="sum", bias=[], sweep=[], grid=[],
+             seeds_completed=[])
+  name = "dln_bias_quick" if args.quick else "dln_bias"
 
   for seed in cfg["seeds"]:
     data = dln.make_data(jax.random.key(seed), dtype=jnp.float64)
@@ -179,11 +185,12 @@ def main(argv=None):
                 f"conv {r['converged']} test {r['test_error']} "
                 f"(GD {r['gd']['test_error']:.4f})", flush=True)
 
-  res["seconds"] = time.time() - t0
-  name = "dln_bias_quick" if args.quick else "dln_bias"
-  with open(os.path.join(args.out, name + ".json"), "w") as f:
-    json.dump(res, f, indent=1)
-  plot(res, args.figures, name)
+    # Written after every seed, so that a long run leaves usable results.
+    res["seeds_completed"].append(seed)
+    res["seconds"] = time.time() - t0
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+      json.dump(res, f, indent=1)
+    plot(res, args.figures, name)
   print(f"done in {res['seconds']:.0f} s")
 
 
