@@ -40,3 +40,16 @@ def test_flatness_digits_quick(tmp_path):
     assert r["top_eigenvalue"] > 0 and r["trace"] > 0
     assert r["grad_norm_sq"] >= 0 and _finite(r["noise_increase"])
   assert (tmp_path / "flatness_digits_quick.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_igr_quick(tmp_path):
+  from gradreg_optax.experiments import igr
+  igr.main(["--quick", "--out", str(tmp_path), "--figures", str(tmp_path)])
+  res = json.loads((tmp_path / "igr_quick.json").read_text())
+  for curve in res["curves"].values():
+    assert curve and all(_finite(e) and r >= 0 for e, r in curve)
+  tp = res["two_param"]
+  # Backward error analysis: GD is closer to the modified flow than to E's.
+  assert tp["max_dist_gd_flow_modified"] < tp["max_dist_gd_flow_E"]
+  assert (tmp_path / "igr_quick.png").stat().st_size > 1000
