@@ -1,0 +1,185 @@
+"""Diagonal linear network: potential, dual solver, training and GR bias."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import gradreg_optax as gro
+from gradreg_optax import dln
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+@functools.lru_cache(maxsize=None)
+def _small_data(seed, d, n, k):
+  with jax.enable_x64(True):
+    return dln.make_data(jax.random.key(seed), d=d, n=n, k=k, n_test=200,
+                         dtype=jnp.float64)
+
+
+def small_data(seed=0, d=40, n=20, k=3):
+  return _small_data(seed, d, n, k)
+
+
+def lr_for(data, alpha):
+  lam = float(jnp.linalg.eigvalsh(data.x.T @ data.x).max())
+  return 0.05 / (8 * lam * max(alpha ** 2, 1.0))
+
+
+def min_l1(x, y):
+  # min ||b||_1 s.t. X b = y as a linear program over b = u - v, u, v >= 0.
+  n, d = x.shape
+  out = scipy.optimize.linprog(np.ones(2 * d), A_eq=np.hstack([x, -x]),
+                               b_eq=y, bounds=(0, None), method="highs")
+  return out.x[:d] - out.x[d:]
+
+
+class PotentialTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_q_derivative_is_arcsinh(self):
+    z = jnp.linspace(-30.0, 30.0, 13)
+    dq = self.variant(jax.vmap(jax.grad(dln.q)))(z)
+    chex.assert_trees_all_close(dq, jnp.arcsinh(z / 2), rtol=1e-10)
+
+  def test_q_matches_the_textbook_formula_and_its_limits(self):
+    z = jnp.array([-50.0, -1.0, 0.3, 4.0, 200.0])
+    naive = 2 - jnp.sqrt(4 + z ** 2) + z * jnp.arcsinh(z / 2)
+    chex.assert_trees_all_close(dln.q(z), naive, rtol=1e-12)
+    tiny = jnp.array([1e-6, -3e-5])
+    chex.assert_trees_all_close(dln.q(tiny), tiny ** 2 / 4, rtol=1e-8)
+
+  def test_potential_limits(self):
+    b = jnp.array([1.5, -0.5, 0.0, 2.0])
+    # Lazy: alpha^2 q(b / alpha^2) -> b^2 / (4 alpha^2).
+    big = 1e3
+    chex.assert_trees_all_close(dln.potential(b, big) * 4 * big ** 2,
+                                jnp.sum(b ** 2), rtol=1e-6)
+    # Rich: phi / log(1/alpha^2) -> ||b||_1.
+    small = 1e-30
+    ratio = dln.potential(b, small) / jnp.log(1 / small ** 2)
+    chex.assert_trees_all_close(ratio, jnp.sum(jnp.abs(b)), rtol=0.03)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 5.0])
+def test_solver_is_feasible_and_optimal(alpha):
+  data = small_data()
+  sol = dln.implicit_bias_solution(data.x, data.y, alpha)
+  assert float(sol.residual) < 1e-9
+  chex.assert_trees_all_close(sol.beta,
+                              2 * alpha ** 2 * jnp.sinh(data.x.T @ sol.nu),
+                              rtol=1e-10)
+  # No feasible move (along the null space of X) lowers the potential.
+  null = np.linalg.svd(np.asarray(data.x))[2][data.x.shape[0]:]
+  rng = np.random.default_rng(0)
+  moves = null.T @ rng.normal(size=(null.shape[0], 20))
+  moves *= 1e-3 * np.linalg.norm(sol.beta) / np.linalg.norm(moves, axis=0)
+  phi = jax.jit(jax.vmap(dln.potential, in_axes=(1, None)))
+  base = float(dln.potential(sol.beta, alpha))
+  for sign in (1, -1):
+    assert np.all(np.asarray(phi(sol.beta[:, None] + sign * moves, alpha))
+                  >= base)
+
+
+def test_solver_limits_are_min_l2_and_min_l1():
+  data = small_data()
+  lazy = dln.implicit_bias_solution(data.x, data.y, 100.0).beta
+  chex.assert_trees_all_close(lazy, jnp.linalg.pinv(data.x) @ data.y,
+                              rtol=1e-3, atol=1e-6)
+  rich = dln.implicit_bias_solution(data.x, data.y, 1e-6).beta
+  l1 = min_l1(np.asarray(data.x), np.asarray(data.y))
+  np.testing.assert_allclose(float(jnp.abs(rich).sum()),
+                             np.abs(l1).sum(), rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(rich), l1, atol=0.02)
+
+
+def test_solver_per_coordinate_alpha_reduces_to_scalar():
+  data = small_data()
+  a = dln.implicit_bias_solution(data.x, data.y, 0.2).beta
+  b = dln.implicit_bias_solution(data.x, data.y, jnp.full(40, 0.2)).beta
+  chex.assert_trees_all_close(a, b, rtol=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 1.0, 4.0])
+def test_gradient_descent_ends_at_the_solver_solution(alpha):
+  data = small_data()
+  lr = lr_for(data, alpha)
+  out = dln.train(dln.init_params(alpha, 40, jnp.float64), (data.x, data.y),
+                  lr, tol=1e-8)
+  assert float(out.residual) <= 1e-8 and not bool(out.diverged)
+  b = dln.beta(out.params)
+  flow = dln.implicit_bias_solution(data.x, data.y, alpha).beta
+  assert dln.relative_error(b, flow) < 2e-3
+  # With gradient descent's own h/2 correction the match is much closer.
+  a_h = dln.effective_alpha(alpha, out.c0, out.c1, 0.0, 0.0, lr)
+  corrected = dln.implicit_bias_solution(data.x, data.y, a_h).beta
+  assert dln.relative_error(b, corrected) < 1e-5
+
+
+def test_rich_and_lazy_regimes_order_the_l1_norm():
+  data = small_data()
+  norms = [float(jnp.abs(dln.implicit_bias_solution(data.x, data.y, a).beta
+                         ).sum()) for a in (0.01, 0.3, 10.0)]
+  assert norms[0] < norms[1] < norms[2]
+
+
+@pytest.mark.parametrize("method,eps", [("double_backprop", 0.1),
+                                        ("forward", 1e-3),
+                                        ("backward", 1e-3)])
+def test_gr_solution_matches_first_order_effective_scale(method, eps):
+  data = small_data()
+  alpha, gamma = 1.0, 2e-4
+  lr = lr_for(data, alpha)
+  params = dln.init_params(alpha, 40, jnp.float64)
+  plain = dln.train(params, (data.x, data.y), lr, tol=1e-9)
+  tx = gro.gradient_regularization(dln.loss, gamma, method=method, eps=eps)
+  out = dln.train(params, (data.x, data.y), lr, tx=tx, tol=1e-9)
+  b, b0 = dln.beta(out.params), dln.beta(plain.params)
+  a_gr = dln.effective_alpha(alpha, plain.c0, plain.c1, gamma,
+                             dln.signed_eps(method, eps), lr)
+  predicted = dln.implicit_bias_solution(data.x, data.y, a_gr).beta
+  change = dln.relative_error(b, b0)
+  assert change > 1e-4  # GR does move the solution
+  # The first-order theory accounts for most of the move.
+  assert dln.relative_error(b, predicted) < 0.3 * change
+
+
+def test_mean_loss_is_the_sum_loss_with_rescaled_hyperparameters():
+  data = small_data()
+  n = data.x.shape[0]
+  params = dln.init_params(0.5, 40, jnp.float64)
+  gamma, eps, lr = 0.05, 0.5, 0.5 * lr_for(data, 0.5) * n
+  mean_fn = functools.partial(dln.loss, reduction="mean")
+  tx_mean = gro.gradient_regularization(mean_fn, gamma, eps=eps)
+  tx_sum = gro.gradient_regularization(dln.loss, gamma / n, eps=eps / n)
+  a = dln.train(params, (data.x, data.y), lr, tx=tx_mean, reduction="mean",
+                max_steps=500, tol=0.0)
+  b = dln.train(params, (data.x, data.y), lr / n, tx=tx_sum, max_steps=500,
+                tol=0.0)
+  chex.assert_trees_all_close(a.params, b.params, rtol=1e-9)
+
+
+def test_train_reports_divergence():
+  data = small_data()
+  out = dln.train(dln.init_params(1.0, 40, jnp.float64), (data.x, data.y),
+                  1.0, max_steps=1000)
+  assert bool(out.diverged)
+
+
+def test_make_data_is_seeded_and_sparse():
+  a = dln.make_data(jax.random.key(3))
+  b = dln.make_data(jax.random.key(3))
+  chex.assert_trees_all_close(a, b)
+  assert a.x.shape == (50, 100) and int((a.beta_star != 0).sum()) == 5
+  chex.assert_trees_all_close(a.y_test, a.x_test @ a.beta_star)
+  noise = a.y - a.x @ a.beta_star
+  assert 0.05 < float(jnp.std(noise)) < 0.2
