@@ -7,6 +7,8 @@ the ``batch`` extra argument of ``update``.
 """
 
 from gradreg_optax import cost
+from gradreg_optax import dln
+from gradreg_optax import flatness
 from gradreg_optax._base import RegularizerState
 from gradreg_optax.flax_utils import apply_gradients
 from gradreg_optax.flax_utils import nnx_loss
@@ -28,6 +30,8 @@ __all__ = (
     "RegularizerState",
     "apply_gradients",
     "cost",
+    "dln",
+    "flatness",
     "flooding",
     "gradient_norm_penalty",
     "gradient_regularization",
