@@ -45,7 +45,7 @@ class Config:
   width: int = 256          # MLP width / ResNet base width
   depth: int = 3            # MLP depth (number of dense layers)
   # Method hyperparameters (each method reads its own).
-  gamma: float = 0.01       # GR strength
+  gamma: float = 0.05       # GR strength
   eps: float = 0.1          # GR finite-difference step
   rho: float = 0.05         # SAM radius
   alpha: float = 0.8        # gradient-norm penalty mix
@@ -197,13 +197,15 @@ def _progress(iterable, total, desc, disable):
   return tqdm(iterable, total=total, desc=desc, leave=False, disable=disable)
 
 
-def train(config: Config, dataset: data_lib.Dataset | None = None
-          ) -> dict[str, Any]:
+def train(config: Config, dataset: data_lib.Dataset | None = None, *,
+          return_state: bool = False) -> Any:
   """Trains one model and returns its curves and timings.
 
   Args:
     config: the run's :class:`Config`.
     dataset: data to use instead of loading ``config.dataset``.
+    return_state: also return the final ``TrainState`` (parameters,
+      optimizer state, BatchNorm statistics).
 
   Returns:
     A JSON-serializable dict: the config, per-epoch ``history`` (train loss
@@ -320,7 +322,7 @@ def train(config: Config, dataset: data_lib.Dataset | None = None
   }
   if config.out_dir:
     save_results(results, config.out_dir)
-  return results
+  return (results, state) if return_state else results
 
 
 def save_results(results: dict[str, Any], out_dir: str) -> None:
