@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -197,24 +197,19 @@ def _progress(iterable, total, desc, disable):
   return tqdm(iterable, total=total, desc=desc, leave=False, disable=disable)
 
 
-def train(config: Config, dataset: data_lib.Dataset | None = None, *,
-          return_state: bool = False) -> Any:
-  """Trains one model and returns its curves and timings.
+class Setup(NamedTuple):
+  """The pieces of a run, before its first step."""
+  state: TrainState
+  train_step: Callable[..., Any]  # (state, x, y, key) -> (state, loss, acc)
+  eval_step: Callable[..., Any]   # (state, x, y) -> (loss sum, correct)
+  aug_key: jax.Array
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
 
-  Args:
-    config: the run's :class:`Config`.
-    dataset: data to use instead of loading ``config.dataset``.
-    return_state: also return the final ``TrainState`` (parameters,
-      optimizer state, BatchNorm statistics).
 
-  Returns:
-    A JSON-serializable dict: the config, per-epoch ``history`` (train loss
-    and accuracy, test loss and accuracy), ``final_test_accuracy``,
-    ``step_time_median_s`` (wall clock per jitted step, the first steps with
-    compilation excluded), ``images_per_s`` and ``step_matmuls`` /
-    ``step_flops`` from :func:`gradreg_optax.cost.step_cost`.
-  """
-  data = dataset if dataset is not None else load_data(config)
+def setup(config: Config, data: data_lib.Dataset) -> Setup:
+  """Model, optimizer chain, initial state and jitted steps for a run."""
   model = make_model(config, data.num_classes)
   loss_fn = make_loss(model)
   regularizer, train_loss = make_method(config.method, loss_fn, config,
@@ -263,6 +258,32 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
     return loss, jnp.sum(jnp.argmax(logits, -1) == y)
 
+  return Setup(state, train_step, eval_step, aug_key, batch_size,
+               steps_per_epoch, total_steps)
+
+
+def train(config: Config, dataset: data_lib.Dataset | None = None, *,
+          return_state: bool = False) -> Any:
+  """Trains one model and returns its curves and timings.
+
+  Args:
+    config: the run's :class:`Config`.
+    dataset: data to use instead of loading ``config.dataset``.
+    return_state: also return the final ``TrainState`` (parameters,
+      optimizer state, BatchNorm statistics).
+
+  Returns:
+    A JSON-serializable dict: the config, per-epoch ``history`` (train loss
+    and accuracy, test loss and accuracy), ``final_test_accuracy``,
+    ``step_time_median_s`` (wall clock per jitted step, the first steps with
+    compilation excluded), ``images_per_s`` and ``step_matmuls``, the number
+    of matrix products in the compiled step
+    (:func:`gradreg_optax.cost.count_matmuls`). With ``return_state``, the
+    pair ``(results, state)``.
+  """
+  data = dataset if dataset is not None else load_data(config)
+  state, train_step, eval_step, aug_key, batch_size, steps_per_epoch, \
+      total_steps = setup(config, data)
   rng = np.random.RandomState(config.seed)
   history = {k: [] for k in ("epoch", "train_loss", "train_accuracy",
                              "test_loss", "test_accuracy")}
