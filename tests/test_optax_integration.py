@@ -37,6 +37,8 @@ MAKERS = {
         loss, 0.8, 0.1, **kw),
 }
 ALL = sorted(MAKERS)
+# One of each code path: finite difference, exact Hessian product, normalized.
+SOME = ["forward", "double_backprop", "sam"]
 
 
 def _leaves_equal(a, b):
@@ -64,7 +66,7 @@ def _jitted(tx):
 # --- the extra-arguments protocol -------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SOME)
 def test_unknown_keyword_arguments_are_ignored(name):
   tx = optax.chain(MAKERS[name](mlp_loss), optax.sgd(0.1))
   update = jax.jit(lambda g, s, p, **kw: tx.update(g, s, p, **kw)[0])
@@ -161,7 +163,7 @@ class ClosureTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_closure_equals_batch_and_wins_over_it(self):
-    for name in ALL:
+    for name in SOME:
       tx = MAKERS[name](mlp_loss)
 
       @self.variant
@@ -188,13 +190,13 @@ class ClosureTest(chex.TestCase):
     lambda: optax.sgd(0.1), lambda: optax.sgd(0.1, momentum=0.9),
     lambda: optax.adam(1e-2), lambda: optax.adamw(1e-2, weight_decay=0.1)],
     ids=["sgd", "momentum", "adam", "adamw"])
-@pytest.mark.parametrize("name", ["forward", "double_backprop", "sam"])
+@pytest.mark.parametrize("name", ["forward", "sam"])
 def test_chain_equals_base_optimizer_on_regularized_gradient(name, base):
   chained = optax.chain(MAKERS[name](mlp_loss), base())
   reg, opt = MAKERS[name](mlp_loss), base()
   p1 = p2 = PARAMS
   s1, s_reg, s_opt = chained.init(PARAMS), reg.init(PARAMS), opt.init(PARAMS)
-  for k in range(3):
+  for k in range(2):
     batch = mlp_batch(jax.random.PRNGKey(10 + k))
     u1, s1 = chained.update(jax.grad(mlp_loss)(p1, batch), s1, p1,
                             batch=batch)
@@ -360,48 +362,52 @@ def _micro_batches(k):
   return [mlp_batch(jax.random.PRNGKey(30 + i), n=4) for i in range(k)]
 
 
-@pytest.mark.parametrize("name", ["forward", "double_backprop", "sam"])
+@pytest.mark.parametrize("name", ["forward", "sam"])
 def test_multisteps_after_the_regularizer_averages_regularized_gradients(
     name):
   """Correct placement: ``optax.chain(GR, optax.MultiSteps(opt, k))``."""
   k, lr = 3, 0.1
   tx = optax.chain(MAKERS[name](mlp_loss), optax.MultiSteps(optax.sgd(lr), k))
-  state, params = tx.init(PARAMS), PARAMS
+  state, params, update = tx.init(PARAMS), PARAMS, _jitted(tx)
   for batch in _micro_batches(k):
-    updates, state = tx.update(jax.grad(mlp_loss)(params, batch), state,
-                               params, batch=batch)
+    updates, state = update(jax.grad(mlp_loss)(params, batch), state, params,
+                            batch)
     params = optax.apply_updates(params, updates)
   # Reference: the mean over micro-batches of each micro-batch's
   # regularized gradient, all at the same parameters, then one SGD step.
-  per_micro = [_update(MAKERS[name](mlp_loss), jax.grad(mlp_loss)(PARAMS, b),
-                       batch=b) for b in _micro_batches(k)]
+  fresh = MAKERS[name](mlp_loss)
+  fresh_update = _jitted(fresh)
+  per_micro = [fresh_update(jax.grad(mlp_loss)(PARAMS, b), fresh.init(PARAMS),
+                            PARAMS, b)[0] for b in _micro_batches(k)]
   mean = jax.tree.map(lambda *x: sum(x) / k, *per_micro)
   want = jax.tree.map(lambda p, m: p - lr * m, PARAMS, mean)
   chex.assert_trees_all_close(params, want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["forward", "double_backprop", "sam"])
+@pytest.mark.parametrize("name", ["forward", "sam"])
 def test_regularizer_inside_multisteps_uses_only_the_last_micro_batch(name):
   """The pitfall: ``optax.MultiSteps(optax.chain(GR, opt), k)`` regularizes
   the averaged gradient with the last micro-batch's loss."""
   k, lr = 3, 0.1
   tx = optax.MultiSteps(optax.chain(MAKERS[name](mlp_loss), optax.sgd(lr)), k)
-  state, params = tx.init(PARAMS), PARAMS
+  state, params, update = tx.init(PARAMS), PARAMS, _jitted(tx)
   micro = _micro_batches(k)
   for batch in micro:
-    updates, state = tx.update(jax.grad(mlp_loss)(params, batch), state,
-                               params, batch=batch)
+    updates, state = update(jax.grad(mlp_loss)(params, batch), state, params,
+                            batch)
     params = optax.apply_updates(params, updates)
   mean_g = jax.tree.map(lambda *x: sum(x) / k,
                         *[jax.grad(mlp_loss)(PARAMS, b) for b in micro])
+  fresh = MAKERS[name](mlp_loss)
+  fresh_update = _jitted(fresh)
   # What it computes: GR of the mean gradient around the last batch's loss.
-  last = _update(MAKERS[name](mlp_loss), mean_g, batch=micro[-1])
+  last = fresh_update(mean_g, fresh.init(PARAMS), PARAMS, micro[-1])[0]
   chex.assert_trees_all_close(
       params, jax.tree.map(lambda p, m: p - lr * m, PARAMS, last),
       rtol=1e-5, atol=1e-7)
   # ... which is not the average of per-micro-batch regularized gradients.
-  per_micro = [_update(MAKERS[name](mlp_loss), jax.grad(mlp_loss)(PARAMS, b),
-                       batch=b) for b in micro]
+  per_micro = [fresh_update(jax.grad(mlp_loss)(PARAMS, b), fresh.init(PARAMS),
+                            PARAMS, b)[0] for b in micro]
   mean = jax.tree.map(lambda *x: sum(x) / k, *per_micro)
   assert _rel(last, mean) > 1e-2
 
@@ -502,7 +508,8 @@ class LimitsTest(chex.TestCase):
       update = self.variant(lambda g, s, p, tx=tx: tx.update(
           g, s, p, batch=BATCH))
       state = tx.init(PARAMS)
-      for k in range(3):  # amortized steps reuse the (zero) correction
+      # Amortized steps reuse the stored (zero) correction.
+      for k in range(2 if "every_k" in kwargs else 1):
         grads = jax.grad(mlp_loss)(PARAMS, mlp_batch(jax.random.PRNGKey(k)))
         out, state = update(grads, state, PARAMS)
         try:
@@ -534,16 +541,15 @@ def _stationary_loss(params, batch):
           + jnp.sum(jnp.cos(params["v"])) + jnp.sum(params["v"] ** 4))
 
 
-@pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("name", ALL)
-def test_zero_gradient_is_not_perturbed_and_gives_no_nan(name, jit):
+def test_zero_gradient_is_not_perturbed_and_gives_no_nan(name):
   batch = jnp.array([[0.5, -1.0, 2.0], [1.0, 0.0, -0.3]])
   params = {"w": batch, "v": jnp.zeros(3)}
   grads = jax.grad(_stationary_loss)(params, batch)
   _leaves_equal(grads, jax.tree.map(jnp.zeros_like, params))
   tx = MAKERS[name](_stationary_loss)
   update = lambda g, s, p: tx.update(g, s, p, batch=batch)[0]
-  out = (jax.jit(update) if jit else update)(grads, tx.init(params), params)
+  out = jax.jit(update)(grads, tx.init(params), params)
   for leaf in jax.tree.leaves(out):
     assert bool(jnp.all(jnp.isfinite(leaf)))
   # The loss is not flat there (a displacement would change the gradient).
@@ -617,10 +623,11 @@ def test_default_asam_mask_leaves_one_dimensional_leaves_unscaled():
 # --- amortization --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reuse", ["correction", "scaled"])
-@pytest.mark.parametrize("name", ["forward", "sam", "double_backprop"])
+@pytest.mark.parametrize("name,reuse", [
+    ("forward", "correction"), ("double_backprop", "correction"),
+    ("sam", "scaled"), ("forward", "scaled")])
 def test_every_k_recomputes_on_multiples_of_k_and_reuses_between(name, reuse):
-  k, steps = 3, 7
+  k, steps = 2, 5
   got = _run(MAKERS[name](mlp_loss, every_k=k, reuse=reuse), steps)
   # Hand-written loop around the un-amortized transformation.
   fresh = MAKERS[name](mlp_loss)
