@@ -292,7 +292,20 @@ INJECTABLE = [
      dict(gamma=0.2)),
     (gro.sam, dict(rho=0.05), dict(rho=0.2)),
     (gro.gradient_norm_penalty, dict(alpha=0.8, r=0.1), dict(alpha=0.3)),
+    # ASAM's mask is a callable: it must be static, not a schedule.
+    (gro.sam, dict(rho=0.5, adaptive=True, adaptive_eta=0.01),
+     dict(adaptive_eta=0.1)),
 ]
+
+
+@pytest.mark.parametrize("name", ["forward", "sam"])
+def test_inject_hyperparams_with_every_k_equals_constant(name):
+  factory = (gro.sam if name == "sam" else gro.gradient_regularization)
+  kwargs = dict(rho=0.05) if name == "sam" else dict(gamma=0.05)
+  injected = optax.inject_hyperparams(factory, static_args=_static(factory))(
+      mlp_loss, every_k=2, **kwargs)
+  want = _run(factory(mlp_loss, every_k=2, **kwargs), 3)
+  chex.assert_trees_all_close(_run(injected, 3), want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("factory,kwargs,changed", INJECTABLE)
