@@ -101,7 +101,7 @@ def test_overflowing_scaled_gradient_is_skipped(name):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ["forward", "jvp", "sam", "asam"])
 def test_float64_end_to_end(name):
   with jax.enable_x64(True):
     params, batch = _problem(jnp.float64)
