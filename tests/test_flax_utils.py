@@ -23,6 +23,14 @@ MAKERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  # On GPUs float32 products default to TF32; the comparisons here are
+  # between float32 computations in different orders. No effect on CPU.
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def _batches(n=2):
   out = []
   for k in range(n):

@@ -37,6 +37,14 @@ MAKERS = {
         loss, 0.8, 0.1, **kw),
 }
 ALL = sorted(MAKERS)
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  # On GPUs float32 products default to TF32; the comparisons here are
+  # between float32 computations in different orders. No effect on CPU.
+  with jax.default_matmul_precision("highest"):
+    yield
 # One of each code path: finite difference, exact Hessian product, normalized.
 SOME = ["forward", "double_backprop", "sam"]
 

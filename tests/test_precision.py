@@ -25,6 +25,14 @@ MAKERS = {
 ALL = sorted(MAKERS)
 
 
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  # On GPUs float32 products default to TF32; the comparisons here are
+  # between float32 computations in different orders. No effect on CPU.
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def _problem(dtype):
   return (mlp_params(jax.random.PRNGKey(0), dtype=dtype),
           mlp_batch(jax.random.PRNGKey(1), dtype=dtype))
