@@ -96,8 +96,13 @@ def main():
       results[f"jit_sharded/{name}"] = _rel(got, want)
       results[f"shard_map_vma/{name}"] = _rel(
           sharded(make(global_loss), check_vma=True, loss=global_loss), want)
-      results[f"shard_map_vma_axis_name/{name}"] = _rel(
-          sharded(make(mlp_loss, axis_name="d"), check_vma=True), want)
+      # Autodiff has already summed the gradient over the axis here, so
+      # averaging it again is wrong: record the error or what is computed.
+      try:
+        results[f"shard_map_vma_axis_name/{name}"] = _rel(
+            sharded(make(mlp_loss, axis_name="d"), check_vma=True), want)
+      except ValueError as e:
+        results[f"shard_map_vma_axis_name/{name}"] = f"ValueError: {e}"
     if name in PER_DEVICE:
       per_device = sharded(make(mlp_loss, axis_name="d",
                                 per_device_perturbation=True))
