@@ -1,0 +1,236 @@
+"""Flax NNX (nnx.Optimizer) and Flax Linen (TrainState) training loops."""
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import gradreg_optax as gro
+
+LR, GAMMA, EPS, BN_EPS, BN_MOMENTUM = 0.1, 0.05, 0.1, 1e-5, 0.99
+MAKERS = {
+    "forward": lambda loss, **kw: gro.gradient_regularization(
+        loss, GAMMA, eps=EPS, **kw),
+    "double_backprop": lambda loss, **kw: gro.gradient_regularization(
+        loss, GAMMA, method="double_backprop", **kw),
+    "sam": lambda loss, **kw: gro.sam(loss, 0.05, **kw),
+}
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  # On GPUs float32 products default to TF32; the comparisons here are
+  # between float32 computations in different orders. No effect on CPU.
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def _batches(n=2):
+  out = []
+  for k in range(n):
+    kx, ky = jax.random.split(jax.random.PRNGKey(100 + k))
+    out.append((jax.random.normal(kx, (8, 3)), jax.random.normal(ky, (8, 2))))
+  return out
+
+
+# --- NNX -----------------------------------------------------------------------
+
+
+class NnxMLP(nnx.Module):
+
+  def __init__(self, rngs, batch_norm):
+    self.l1 = nnx.Linear(3, 5, rngs=rngs)
+    if batch_norm:
+      self.bn = nnx.BatchNorm(5, epsilon=BN_EPS, momentum=BN_MOMENTUM,
+                              rngs=rngs)
+    self.l2 = nnx.Linear(5, 2, rngs=rngs)
+    self.batch_norm = batch_norm
+
+  def __call__(self, x):
+    h = self.l1(x)
+    if self.batch_norm:
+      h = self.bn(h)
+    return self.l2(jnp.tanh(h))
+
+
+def nnx_loss_fn(model, batch):
+  x, y = batch
+  return jnp.mean((model(x) - y) ** 2)
+
+
+def _hand_forward(p, x, batch_norm):
+  """The NNX model written out on its pure parameter dict (training mode)."""
+  h = x @ p["l1"]["kernel"] + p["l1"]["bias"]
+  if batch_norm:
+    mean, var = h.mean(0), h.var(0)
+    h = (h - mean) / jnp.sqrt(var + BN_EPS) * p["bn"]["scale"] + p["bn"]["bias"]
+  return jnp.tanh(h) @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+
+def _hand_loss(batch_norm):
+  def loss(p, batch):
+    x, y = batch
+    return jnp.mean((_hand_forward(p, x, batch_norm) - y) ** 2)
+  return loss
+
+
+def _pure(model, what=nnx.Param):
+  return nnx.to_pure_dict(nnx.state(model, what))
+
+
+@pytest.mark.parametrize("name,batch_norm", [
+    ("forward", False), ("double_backprop", False), ("forward", True),
+    ("sam", True)])
+def test_nnx_optimizer_step_equals_functional_reference(name, batch_norm):
+  model = NnxMLP(nnx.Rngs(0), batch_norm)
+  start = _pure(model)
+  tx = optax.chain(MAKERS[name](gro.nnx_loss(nnx_loss_fn, model)),
+                   optax.sgd(LR))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  plain_model = NnxMLP(nnx.Rngs(0), batch_norm)
+  plain = nnx.Optimizer(plain_model, optax.sgd(LR), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    grads = nnx.grad(nnx_loss_fn)(model, batch)
+    optimizer.update(model, grads, batch=batch)
+
+  @nnx.jit
+  def plain_step(model, optimizer, batch):
+    optimizer.update(model, nnx.grad(nnx_loss_fn)(model, batch))
+
+  # Reference: the transformation on a plain dict of arrays and a loss
+  # written by hand.
+  ref_loss = _hand_loss(batch_norm)
+  ref_tx = MAKERS[name](ref_loss)
+  ref_state, params = ref_tx.init(start), start
+  mean, var = jnp.zeros(5), jnp.ones(5)
+  for batch in _batches():
+    if batch_norm:
+      # The statistics that follow the step are the ones the plain SGD step
+      # produces: one update, from the caller's own forward pass.
+      plain_model.l1.kernel[...] = model.l1.kernel[...]
+      plain_model.l1.bias[...] = model.l1.bias[...]
+      plain_model.bn.mean[...] = model.bn.mean[...]
+      plain_model.bn.var[...] = model.bn.var[...]
+      plain_step(plain_model, plain, batch)
+      h = batch[0] @ params["l1"]["kernel"] + params["l1"]["bias"]
+      mean = BN_MOMENTUM * mean + (1 - BN_MOMENTUM) * h.mean(0)
+      var = BN_MOMENTUM * var + (1 - BN_MOMENTUM) * h.var(0)
+    step(model, optimizer, batch)
+    grads = jax.grad(ref_loss)(params, batch)
+    out, ref_state = ref_tx.update(grads, ref_state, params, batch=batch)
+    params = optax.apply_updates(params, jax.tree.map(lambda o: -LR * o, out))
+    chex.assert_trees_all_close(_pure(model), params, rtol=1e-5, atol=1e-6)
+    if batch_norm:
+      stats = _pure(model, nnx.BatchStat)["bn"]
+      chex.assert_trees_all_close(stats, _pure(plain_model,
+                                               nnx.BatchStat)["bn"],
+                                  rtol=1e-6, atol=1e-7)
+      chex.assert_trees_all_close(stats, {"mean": mean, "var": var},
+                                  rtol=1e-5, atol=1e-6)
+  assert int(optimizer.step[...]) == 2
+
+
+def test_nnx_loss_does_not_mutate_the_live_model():
+  model = NnxMLP(nnx.Rngs(0), batch_norm=True)
+  loss = gro.nnx_loss(nnx_loss_fn, model)
+  before = _pure(model, nnx.BatchStat)
+  params = nnx.state(model, nnx.Param)
+  value = loss(params, _batches(1)[0])
+  chex.assert_trees_all_equal(_pure(model, nnx.BatchStat), before)
+  chex.assert_trees_all_close(
+      value, _hand_loss(True)(_pure(model), _batches(1)[0]), rtol=1e-6)
+
+
+# --- Linen ---------------------------------------------------------------------
+
+
+class LinenNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(5)(x)
+    h = nn.BatchNorm(use_running_average=False, momentum=BN_MOMENTUM,
+                     epsilon=BN_EPS)(h)
+    return nn.Dense(2)(jnp.tanh(h))
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+NET = LinenNet()
+
+
+def linen_loss(params, batch):
+  """Returns the new BatchNorm statistics as the auxiliary output."""
+  out, mutated = NET.apply({"params": params,
+                            "batch_stats": batch["batch_stats"]},
+                           batch["x"], mutable=["batch_stats"])
+  return jnp.mean((out - batch["y"]) ** 2), mutated["batch_stats"]
+
+
+def _linen_state(tx):
+  variables = NET.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+  return TrainState.create(apply_fn=NET.apply, params=variables["params"],
+                           batch_stats=variables["batch_stats"], tx=tx)
+
+
+@jax.jit
+def _linen_step(state, x, y):
+  batch = {"x": x, "y": y, "batch_stats": state.batch_stats}
+  (_, batch_stats), grads = jax.value_and_grad(linen_loss, has_aux=True)(
+      state.params, batch)
+  state = gro.apply_gradients(state, grads, batch=batch)
+  return state.replace(batch_stats=batch_stats)
+
+
+@pytest.mark.parametrize("name", ["forward", "sam"])
+def test_linen_train_state_with_batch_norm(name):
+  state = _linen_state(optax.chain(MAKERS[name](linen_loss, has_aux=True),
+                                   optax.sgd(LR)))
+  params, stats = state.params, state.batch_stats
+  for x, y in _batches():
+    # Hand-written reference: the regularized gradient from gradients of
+    # the loss at displaced points, with the statistics held fixed.
+    batch = {"x": x, "y": y, "batch_stats": stats}
+    loss = lambda p: linen_loss(p, batch)[0]
+    g = jax.grad(loss)(params)
+    if name == "forward":
+      displaced = jax.tree.map(lambda p, gi: p + EPS * gi, params, g)
+      out = jax.tree.map(lambda gi, gd: gi + GAMMA / EPS * (gd - gi), g,
+                         jax.grad(loss)(displaced))
+    else:
+      norm = optax.tree.norm(g)
+      out = jax.grad(loss)(jax.tree.map(lambda p, gi: p + 0.05 * gi / norm,
+                                        params, g))
+    params = jax.tree.map(lambda p, o: p - LR * o, params, out)
+    # Statistics: one update, from a single forward pass at the old params.
+    _, mutated = NET.apply({"params": state.params, "batch_stats": stats}, x,
+                           mutable=["batch_stats"])
+    stats = mutated["batch_stats"]
+    state = _linen_step(state, x, y)
+    chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.batch_stats, stats, rtol=1e-6,
+                                atol=1e-7)
+  assert int(state.step) == 2
+  # Statistics moved from their initial values (the check above is not void).
+  assert float(jnp.abs(state.batch_stats["BatchNorm_0"]["mean"]).max()) > 1e-3
+
+
+def test_flax_apply_gradients_without_batch_names_the_problem():
+  state = _linen_state(optax.chain(MAKERS["forward"](linen_loss, has_aux=True),
+                                   optax.sgd(LR)))
+  x, y = _batches(1)[0]
+  grads = jax.grad(lambda p: linen_loss(p, {"x": x, "y": y, "batch_stats":
+                                            state.batch_stats})[0])(
+                                                state.params)
+  with pytest.raises(ValueError, match="batch=batch"):
+    state.apply_gradients(grads=grads)
