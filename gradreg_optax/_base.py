@@ -93,6 +93,9 @@ def check_hyperparameter(name: str, value: Any, *, positive: bool) -> None:
   """
   if callable(value):
     return
+  if isinstance(value, (str, bytes)):
+    raise TypeError(f"`{name}` must be a number or a schedule (a callable of "
+                    f"the step count), got {value!r}.")
   try:
     number = float(value)
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
@@ -167,6 +170,37 @@ def _check_every_k(every_k: Any) -> None:
     raise ValueError(f"`every_k` must be an int >= 1, got {every_k!r}.")
 
 
+def _varying_axes(x: Any) -> frozenset:
+  """Mesh axes over which ``x`` varies inside ``shard_map(check_vma=True)``."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def _check_not_reduced(name: str, axis_name: str, updates: Any, batch: Any
+                       ) -> None:
+  """Rejects gradients that autodiff has already summed over ``axis_name``.
+
+  Under ``shard_map(check_vma=True)`` (the default) the gradient with respect
+  to replicated parameters of a loss of a device-varying batch is summed over
+  the axis by autodiff itself; averaging it again would silently scale the
+  gradient and every displacement by the number of devices.
+  """
+  batch_varies = any(axis_name in _varying_axes(x)
+                     for x in jax.tree.leaves(batch))
+  updates_vary = any(axis_name in _varying_axes(x)
+                     for x in jax.tree.leaves(updates))
+  if batch_varies and not updates_vary:
+    raise ValueError(
+        f"{name}: the gradient is already reduced over axis {axis_name!r}: "
+        "under shard_map with check_vma=True, jax.grad with respect to "
+        "replicated parameters sums over the axis. Use "
+        "shard_map(..., check_vma=False) (or pmap) with axis_name, or drop "
+        "axis_name and divide the loss by the number of devices.")
+
+
 def value_at(hyper: ScalarOrSchedule, count: Array) -> Array:
   return hyper(count) if callable(hyper) else hyper
 
@@ -212,6 +246,10 @@ def regularizer(
   if axis_name is not None and not isinstance(axis_name, str):
     raise TypeError(f"`axis_name` must be a string or None, got {axis_name!r}.")
   _check_every_k(every_k)
+  if per_device_perturbation and axis_name is None:
+    raise ValueError("`per_device_perturbation=True` needs `axis_name`: the "
+                     "devices' gradients can only be told apart inside "
+                     "shard_map/pmap over that axis.")
   if reuse not in REUSE_MODES:
     raise ValueError(f"`reuse` must be one of {REUSE_MODES}, got {reuse!r}.")
 
@@ -232,6 +270,8 @@ def regularizer(
     if params is None:
       raise ValueError(f"{name}.update needs `params` (the point where "
                        "`updates` is the gradient).")
+    if axis_name is not None:
+      _check_not_reduced(name, axis_name, updates, extra_args.get("batch"))
     grad_fn = make_grad_fn(resolve_loss(name, loss_fn, extra_args), has_aux)
     hyper = {k: jnp.asarray(value_at(v, state.count))
              for k, v in hyperparameters.items()}

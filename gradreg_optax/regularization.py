@@ -79,7 +79,11 @@ def gradient_regularization(
     axis_name: ``pmap``/``shard_map`` axis. The incoming gradient is averaged
       over it before it is used (no need to average it yourself), the extra
       gradients are computed on the local batch, and the output is averaged.
-      Not needed under plain ``jax.jit`` with sharded arrays.
+      Not needed under plain ``jax.jit`` with sharded arrays. Use it with
+      ``pmap`` or ``shard_map(..., check_vma=False)``; with the default
+      ``check_vma=True`` autodiff already sums the gradient over the axis, so
+      drop ``axis_name`` and divide the loss by the number of devices (passing
+      it then raises an error rather than averaging sums).
     per_device_perturbation: with ``axis_name``, each device uses its own
       gradient for the displacement; only the output is averaged.
     every_k: recompute the correction every ``k`` steps, reuse it between.

@@ -61,9 +61,6 @@ def test_shard_map_check_vma_with_global_loss_equals_single_device(
   assert results[f"shard_map_vma/{name}"] < TOL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with shard_map(check_vma=True) the gradients are already summed over "
-    "the axis; axis_name then averages sums (8x too large, silently)"))
 @pytest.mark.parametrize("name", SOME)
 def test_shard_map_check_vma_with_axis_name_is_rejected(results, name):
   """Gradients that autodiff already reduced over the axis cannot be

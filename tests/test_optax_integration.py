@@ -458,12 +458,10 @@ def test_regularizer_inside_multisteps_uses_only_the_last_micro_batch(name):
     (lambda: gro.gradient_regularization("mlp_loss", 0.1), TypeError,
      "`loss_fn` must be a callable"),
     (lambda: gro.sam(None), TypeError, "`loss_fn`"),
-    pytest.param(
-        lambda: gro.gradient_regularization(mlp_loss, "0.1"), TypeError,
-        "`gamma` must be a number or a schedule",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "check_hyperparameter accepts strings float() can parse; the "
-            "error comes later from `gamma / eps` without naming gamma"))),
+    (lambda: gro.gradient_regularization(mlp_loss, "0.1"), TypeError,
+     "`gamma` must be a number or a schedule"),
+    (lambda: gro.sam(mlp_loss, per_device_perturbation=True), ValueError,
+     "`per_device_perturbation=True` needs `axis_name`"),
     (lambda: gro.gradient_regularization(mlp_loss, [0.1]), TypeError,
      "`gamma` must be a number or a schedule"),
     (lambda: gro.gradient_regularization(mlp_loss, 0.1, every_k=0),

@@ -85,11 +85,14 @@ class ResNet18(nn.Module):
     >>> import jax, jax.numpy as jnp
     >>> model = ResNet18(num_classes=10, width=8)
     >>> x = jnp.ones((2, 32, 32, 3))
-    >>> variables = model.init(jax.random.PRNGKey(0), x)
-    >>> sorted(variables)
+    >>> variables = model.init(jax.random.PRNGKey(0), x)  # doctest: +SKIP
+    >>> sorted(variables)  # doctest: +SKIP
     ['batch_stats', 'params']
-    >>> model.apply(variables, x).shape
+    >>> model.apply(variables, x).shape  # doctest: +SKIP
     (2, 10)
+
+  (Skipped as a doctest for its compile time; ``tests/test_train.py`` trains
+  it with BatchNorm.)
   """
 
   num_classes: int = 10
