@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shlex
 import sys
 import time
 from typing import Any, Sequence
@@ -23,6 +21,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import train as train_lib
 
 # (label, method, overrides of the shared Config). The hyperparameters are
@@ -221,9 +220,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   summary = compare(base, list(range(args.seeds)), entries,
                     verbose=not args.quiet)
   summary["wall_s"] = time.perf_counter() - t0
-  summary["command"] = "python -m gradreg_optax.experiments.compare " + (
-      " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                        else argv)))
+  summary["command"] = _report.command_line(
+      "gradreg_optax.experiments.compare", argv)
   kind = "real data" if summary["real_data"] else "SYNTHETIC data"
   text = (f"{summary['dataset']} ({kind}), model {base.model}, "
           f"{base.epochs} epochs, batch {base.batch_size}, SGD momentum "
@@ -235,11 +233,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"products in the compiled step; total {summary['wall_s']:.0f} s")
   print(text)
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-      json.dump(summary, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-      f.write(f"Command: `{summary['command']}`\n\n{text}\n")
+    _report.save(args.out, summary, text)
   if args.figure:
     plot(summary, args.figure)
   return summary

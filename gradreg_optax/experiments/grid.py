@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shlex
 import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import train as train_lib
 
 GAMMAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -126,19 +125,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result = grid_search(base, args.gammas, args.epsilons,
                        list(range(args.seeds)), verbose=not args.quiet)
   result["wall_s"] = time.perf_counter() - t0
-  result["command"] = "python -m gradreg_optax.experiments.grid " + " ".join(
-      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  result["command"] = _report.command_line("gradreg_optax.experiments.grid",
+                                           argv)
   kind = "real data" if result["real_data"] else "SYNTHETIC data"
   text = (f"{result['method']} on {result['dataset']} ({kind}), model "
           f"{base.model}, {base.epochs} epochs; test accuracy (%), mean ± std "
           f"over {args.seeds} seeds\n\n" + table(result))
   print(text)
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-      json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-      f.write(f"Command: `{result['command']}`\n\n{text}\n")
+    _report.save(args.out, result, text)
   if args.figure:
     heatmap(result, args.figure)
   return result

@@ -1,0 +1,24 @@
+"""Recording what an experiment printed, with the command that printed it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from typing import Any, Sequence
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+  """The shell command that runs ``module`` with ``argv`` (or sys.argv)."""
+  args = sys.argv[1:] if argv is None else argv
+  return f"python -m {module} " + " ".join(shlex.quote(a) for a in args)
+
+
+def save(out: str, result: dict[str, Any], text: str) -> None:
+  """Writes ``out.json`` (the numbers) and ``out.md`` (the printed text)."""
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+  with open(out + ".md", "w") as f:
+    f.write(f"Command: `{result['command']}`\n\n{text}\n")
