@@ -1,0 +1,249 @@
+"""Compare every method on one task: test accuracy over seeds and step cost.
+
+``python -m gradreg_optax.experiments.compare`` trains an MLP on
+scikit-learn's digits (real data, bundled, no download) with each method and
+several seeds, and prints one row per method: test accuracy (mean and
+standard deviation over seeds) and the cost of a training step relative to
+SGD, both measured (median wall-clock time per jitted step, compilation
+excluded, all methods timed in turns in the same process) and counted (matrix
+products in the compiled step, which does not depend on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from gradreg_optax.experiments import train as train_lib
+
+# (label, method, overrides of the shared Config). The hyperparameters are
+# the seeds' recommendations, not tuned on this task.
+DEFAULT_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("sgd", "sgd", {}),
+    ("F-GR (forward)", "forward", {}),
+    ("B-GR (backward)", "backward", {}),
+    ("central", "central", {}),
+    ("double_backprop", "double_backprop", {}),
+    ("jvp", "jvp", {}),
+    ("F-GR every_k=4", "forward", {"every_k": 4}),
+    ("sam", "sam", {}),
+    ("gradient_norm_penalty", "gradient_norm_penalty", {}),
+    ("flooding", "flooding", {}),
+)
+
+
+def _hyperparameters(method: str, config: train_lib.Config) -> str:
+  names = {"sgd": (), "flooding": ("flood",), "sam": ("rho",),
+           "gradient_norm_penalty": ("alpha", "r")}.get(
+               method, ("gamma", "eps") if method in ("forward", "backward",
+                                                      "central") else ("gamma",))
+  parts = [f"{n}={getattr(config, n):g}" for n in names]
+  if config.every_k != 1:
+    parts.append(f"every_k={config.every_k}")
+  return ", ".join(parts)
+
+
+def time_steps(base: train_lib.Config,
+               entries: Sequence[tuple[str, str, dict[str, Any]]],
+               dataset: Any, rounds: int = 15, steps: int = 12
+               ) -> dict[str, float]:
+  """Median seconds per jitted training step of each entry.
+
+  Each entry's step is compiled and run once first (excluded); then the
+  entries take turns, ``steps`` consecutive steps each, for ``rounds``
+  rounds, so that a change in the machine's load affects all of them alike.
+  A round's time is divided by ``steps`` (a multiple of ``every_k`` gives
+  amortized methods their average cost); the median is over rounds.
+  """
+  prepared = {}
+  for label, method, overrides in entries:
+    config = dataclasses.replace(base, method=method, **overrides)
+    s = train_lib.setup(config, dataset)
+    x, y = dataset.x_train[:s.batch_size], dataset.y_train[:s.batch_size]
+    step = s.train_step.lower(s.state, x, y, s.aug_key).compile()
+    state = jax.block_until_ready(step(s.state, x, y, s.aug_key)[0])
+    prepared[label] = [step, state, x, y, s.aug_key]
+  times = {label: [] for label in prepared}
+  for _ in range(rounds):
+    for label, item in prepared.items():
+      step, state, x, y, key = item
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state = step(state, x, y, key)[0]
+      jax.block_until_ready(state)
+      times[label].append((time.perf_counter() - t0) / steps)
+      item[1] = state
+  return {label: float(np.median(t)) for label, t in times.items()}
+
+
+def compare(base: train_lib.Config, seeds: Sequence[int],
+            entries: Sequence[tuple[str, str, dict[str, Any]]] = DEFAULT_ENTRIES,
+            dataset: Any = None, verbose: bool = False) -> dict[str, Any]:
+  """Runs every entry for every seed; returns per-run and summary results.
+
+  Args:
+    base: the shared configuration (data, model, optimizer, epochs).
+    seeds: one run per seed and entry.
+    entries: ``(label, method, config overrides)`` triples; the first one is
+      the reference for the relative step costs (SGD by default).
+    dataset: a loaded :class:`~gradreg_optax.experiments.data.Dataset` to use
+      instead of loading ``base.dataset``.
+    verbose: print one line per run (to stderr).
+
+  Returns:
+    A dict with ``rows`` (one summary per entry) and ``runs``.
+  """
+  data = dataset if dataset is not None else train_lib.load_data(base)
+  runs, rows = [], []
+  for label, method, overrides in entries:
+    config = dataclasses.replace(base, method=method, **overrides)
+    accs, times, matmuls = [], [], None
+    for seed in seeds:
+      t0 = time.perf_counter()
+      result = train_lib.train(dataclasses.replace(config, seed=seed), data)
+      elapsed = time.perf_counter() - t0
+      accs.append(result["final_test_accuracy"])
+      times.append(result["step_time_median_s"])
+      matmuls = result["step_matmuls"]
+      runs.append({"label": label, "seed": seed,
+                   "final_test_accuracy": result["final_test_accuracy"],
+                   "step_time_median_s": result["step_time_median_s"],
+                   "step_matmuls": matmuls, "wall_s": elapsed,
+                   "history": result["history"]})
+      if verbose:
+        print(f"  {label:24s} seed {seed}: test accuracy "
+              f"{result['final_test_accuracy']:.4f} ({elapsed:.1f} s)",
+              file=sys.stderr, flush=True)
+    rows.append({"label": label, "method": method,
+                 "hyperparameters": _hyperparameters(method, config),
+                 "test_accuracy_mean": float(np.mean(accs)),
+                 "test_accuracy_std": float(np.std(accs)),
+                 "test_accuracies": accs,
+                 "step_time_median_s": float(np.median(times)),
+                 "step_matmuls": matmuls})
+  step_times = time_steps(base, entries, data)
+  for row in rows:
+    row["step_time_median_s"] = step_times[row["label"]]
+  ref = rows[0]
+  for row in rows:
+    row["time_ratio"] = row["step_time_median_s"] / ref["step_time_median_s"]
+    row["matmul_ratio"] = (row["step_matmuls"] / ref["step_matmuls"]
+                           if row["step_matmuls"] and ref["step_matmuls"]
+                           else None)
+  return {"dataset": data.name, "real_data": data.name != "synthetic",
+          "seeds": list(seeds), "config": dataclasses.asdict(base),
+          "rows": rows, "runs": runs}
+
+
+def table(summary: dict[str, Any]) -> str:
+  """The summary as a Markdown table."""
+  n = len(summary["seeds"])
+  lines = [
+      f"| method | hyperparameters | test accuracy (mean ± std, {n} seeds) "
+      "| step time / SGD | matmuls / SGD |",
+      "|---|---|---|---|---|",
+  ]
+  for row in summary["rows"]:
+    matmul = (f"{row['matmul_ratio']:.2f} ({row['step_matmuls']})"
+              if row["matmul_ratio"] is not None else "n/a")
+    lines.append(
+        f"| {row['label']} | {row['hyperparameters'] or '-'} | "
+        f"{100 * row['test_accuracy_mean']:.2f} ± "
+        f"{100 * row['test_accuracy_std']:.2f} % | "
+        f"{row['time_ratio']:.2f} | {matmul} |")
+  return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: str) -> None:
+  """Bar chart of test accuracy and step cost per method."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  rows = summary["rows"]
+  labels = [r["label"] for r in rows]
+  y = np.arange(len(rows))
+  fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.5),
+                           sharey=True)
+  axes[0].barh(y, [100 * r["test_accuracy_mean"] for r in rows],
+               xerr=[100 * r["test_accuracy_std"] for r in rows], color="C0")
+  lo = min(100 * (r["test_accuracy_mean"] - r["test_accuracy_std"])
+           for r in rows)
+  axes[0].set(xlabel="test accuracy (%)", xlim=(max(lo - 1, 0), 100))
+  axes[1].barh(y - 0.2, [r["time_ratio"] for r in rows], 0.4,
+               label="wall-clock", color="C1")
+  axes[1].barh(y + 0.2, [r["matmul_ratio"] or 0 for r in rows], 0.4,
+               label="matmul count", color="C2")
+  axes[1].set(xlabel="step cost relative to SGD")
+  axes[1].legend(loc="lower right")
+  axes[0].set_yticks(y, labels)
+  axes[0].invert_yaxis()
+  fig.suptitle(f"{summary['dataset']} ({summary['config']['model']}), "
+               f"{len(summary['seeds'])} seeds, "
+               f"{summary['config']['epochs']} epochs")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=int, default=3,
+                      help="number of seeds (0, 1, ...)")
+  parser.add_argument("--methods", nargs="*", default=None,
+                      help="labels of DEFAULT_ENTRIES to run (default: all)")
+  parser.add_argument("--out", default=None,
+                      help="write OUT.json and OUT.md")
+  parser.add_argument("--figure", default=None, help="write this PNG")
+  train_lib.add_config_arguments(parser, skip=("method", "seed", "out_dir"))
+  parser.set_defaults(epochs=20)
+  args = parser.parse_args(argv)
+  base = train_lib.config_from_args(args, quiet=True)
+  entries = DEFAULT_ENTRIES
+  if args.methods:
+    unknown = set(args.methods) - {e[0] for e in entries}
+    if unknown:
+      parser.error(f"unknown --methods {sorted(unknown)}; choose from "
+                   f"{[e[0] for e in entries]}")
+    entries = [e for e in entries if e[0] in args.methods]
+
+  t0 = time.perf_counter()
+  summary = compare(base, list(range(args.seeds)), entries,
+                    verbose=not args.quiet)
+  summary["wall_s"] = time.perf_counter() - t0
+  summary["command"] = "python -m gradreg_optax.experiments.compare " + (
+      " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                        else argv)))
+  kind = "real data" if summary["real_data"] else "SYNTHETIC data"
+  text = (f"{summary['dataset']} ({kind}), model {base.model}, "
+          f"{base.epochs} epochs, batch {base.batch_size}, SGD momentum "
+          f"{base.momentum}, {base.schedule} lr from {base.learning_rate}, "
+          f"weight decay {base.weight_decay}\n\n" + table(summary)
+          + f"\n\nstep time: median wall clock per jitted step on "
+          f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores), "
+          f"compilation excluded, methods timed in turns; matmuls: matrix "
+          f"products in the compiled step; total {summary['wall_s']:.0f} s")
+  print(text)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+      json.dump(summary, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+      f.write(f"Command: `{summary['command']}`\n\n{text}\n")
+  if args.figure:
+    plot(summary, args.figure)
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,148 @@
+"""Grid search over (eps, gamma) for finite-difference GR, over several seeds.
+
+``python -m gradreg_optax.experiments.grid`` trains one model per
+``(gamma, eps, seed)`` on Karakida et al.'s grid (gamma in {0, 1e-4, 1e-3,
+1e-2, 1e-1}, eps in {0.01, 0.02, 0.05, 0.1, 0.2, 0.5}; SGD with momentum 0.9,
+a cosine schedule from 0.1, batch 128, weight decay 1e-4), then draws a
+heatmap of the mean test accuracy and prints a table of mean and standard
+deviation over seeds. ``gamma = 0`` is plain SGD (one run, reused for every
+``eps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from gradreg_optax.experiments import train as train_lib
+
+GAMMAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
+EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def grid_search(base: train_lib.Config, gammas: Sequence[float],
+                epsilons: Sequence[float], seeds: Sequence[int],
+                dataset: Any = None, verbose: bool = False
+                ) -> dict[str, Any]:
+  """Final test accuracy for every ``(gamma, eps, seed)``.
+
+  Returns:
+    A dict with ``accuracy`` of shape ``(len(gammas), len(epsilons),
+    len(seeds))`` (nested lists; NaN where training diverged), its ``mean``
+    and ``std`` over seeds, and the grid.
+  """
+  data = dataset if dataset is not None else train_lib.load_data(base)
+  acc = np.full((len(gammas), len(epsilons), len(seeds)), np.nan)
+  for i, gamma in enumerate(gammas):
+    for j, eps in enumerate(epsilons):
+      for k, seed in enumerate(seeds):
+        if gamma == 0 and j > 0:  # eps is irrelevant without GR
+          acc[i, j, k] = acc[i, 0, k]
+          continue
+        config = dataclasses.replace(base, gamma=gamma, eps=eps, seed=seed)
+        result = train_lib.train(config, data)
+        loss = result["history"]["train_loss"]
+        ok = bool(loss) and np.isfinite(loss[-1])
+        acc[i, j, k] = result["final_test_accuracy"] if ok else np.nan
+        if verbose:
+          print(f"  gamma={gamma:g} eps={eps:g} seed={seed}: "
+                f"{acc[i, j, k]:.4f}", file=sys.stderr, flush=True)
+  with np.errstate(invalid="ignore"):
+    mean = np.nanmean(acc, -1) if np.isfinite(acc).any() else acc.mean(-1)
+    std = np.nanstd(acc, -1) if np.isfinite(acc).any() else acc.std(-1)
+  tolist = lambda a: [[None if not np.isfinite(v) else float(v) for v in row]
+                      for row in a]
+  return {"dataset": data.name, "real_data": data.name != "synthetic",
+          "method": base.method, "gammas": list(gammas),
+          "epsilons": list(epsilons), "seeds": list(seeds),
+          "accuracy": [tolist(a) for a in acc], "mean": tolist(mean),
+          "std": tolist(std), "config": dataclasses.asdict(base)}
+
+
+def table(result: dict[str, Any]) -> str:
+  """Mean ± std of the test accuracy (%) as a Markdown table."""
+  head = "| gamma \\ eps | " + " | ".join(f"{e:g}" for e in result["epsilons"])
+  lines = [head + " |", "|---" * (len(result["epsilons"]) + 1) + "|"]
+  for gamma, means, stds in zip(result["gammas"], result["mean"],
+                                result["std"]):
+    cells = ["diverged" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
+             for m, s in zip(means, stds)]
+    lines.append(f"| {gamma:g} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def heatmap(result: dict[str, Any], path: str) -> None:
+  """Heatmap of the mean test accuracy over the grid."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  mean = np.array([[np.nan if v is None else 100 * v for v in row]
+                   for row in result["mean"]])
+  fig, ax = plt.subplots(figsize=(1.1 * len(result["epsilons"]) + 2,
+                                  0.6 * len(result["gammas"]) + 1.5))
+  im = ax.imshow(mean, cmap="viridis", aspect="auto")
+  ax.set_xticks(range(len(result["epsilons"])),
+                [f"{e:g}" for e in result["epsilons"]])
+  ax.set_yticks(range(len(result["gammas"])),
+                [f"{g:g}" for g in result["gammas"]])
+  ax.set(xlabel="eps", ylabel="gamma")
+  for i in range(mean.shape[0]):
+    for j in range(mean.shape[1]):
+      ax.text(j, i, "div." if np.isnan(mean[i, j]) else f"{mean[i, j]:.1f}",
+              ha="center", va="center", color="w", fontsize=8)
+  fig.colorbar(im, label="test accuracy (%)")
+  ax.set_title(f"{result['method']} on {result['dataset']}, mean of "
+               f"{len(result['seeds'])} seeds")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--gammas", type=float, nargs="+", default=GAMMAS)
+  parser.add_argument("--epsilons", type=float, nargs="+", default=EPSILONS)
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--out", default=None, help="write OUT.json, OUT.md")
+  parser.add_argument("--figure", default=None, help="write the heatmap PNG")
+  train_lib.add_config_arguments(
+      parser, skip=("gamma", "eps", "seed", "out_dir"))
+  parser.set_defaults(method="forward", epochs=20)
+  args = parser.parse_args(argv)
+  base = train_lib.config_from_args(args, quiet=True)
+  if base.method not in ("forward", "backward", "central"):
+    parser.error("the (eps, gamma) grid is for forward, backward or central")
+  t0 = time.perf_counter()
+  result = grid_search(base, args.gammas, args.epsilons,
+                       list(range(args.seeds)), verbose=not args.quiet)
+  result["wall_s"] = time.perf_counter() - t0
+  result["command"] = "python -m gradreg_optax.experiments.grid " + " ".join(
+      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  kind = "real data" if result["real_data"] else "SYNTHETIC data"
+  text = (f"{result['method']} on {result['dataset']} ({kind}), model "
+          f"{base.model}, {base.epochs} epochs; test accuracy (%), mean ± std "
+          f"over {args.seeds} seeds\n\n" + table(result))
+  print(text)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+      json.dump(result, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+      f.write(f"Command: `{result['command']}`\n\n{text}\n")
+  if args.figure:
+    heatmap(result, args.figure)
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,425 @@
+"""Train a classifier with any of the library's methods.
+
+``python -m gradreg_optax.experiments.train --method forward --gamma 0.01``
+trains on scikit-learn's digits (real data, no download) by default;
+``--dataset cifar10 --data-dir DIR`` reads CIFAR-10 in its Python format and
+``--dataset synthetic`` makes up data of any shape (smoke tests, throughput).
+The optimizer is SGD with momentum, weight decay and a cosine (or constant)
+schedule, preceded by the method's transformation; the model's BatchNorm
+statistics travel through ``has_aux``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+import gradreg_optax as gro
+from gradreg_optax.experiments import data as data_lib
+from gradreg_optax.experiments import models
+
+METHODS = ("sgd",) + tuple(gro.METHODS) + (
+    "sam", "gradient_norm_penalty", "flooding")
+MODELS = ("mlp", "cnn", "resnet18")
+DATASETS = ("digits", "cifar10", "synthetic")
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything a run depends on; ``train(Config(...))`` is reproducible."""
+  method: str = "sgd"
+  dataset: str = "digits"
+  data_dir: str | None = None
+  model: str = "mlp"
+  width: int = 256          # MLP width / ResNet base width
+  depth: int = 3            # MLP depth (number of dense layers)
+  # Method hyperparameters (each method reads its own).
+  gamma: float = 0.05       # GR strength
+  eps: float = 0.1          # GR finite-difference step
+  rho: float = 0.05         # SAM radius
+  alpha: float = 0.8        # gradient-norm penalty mix
+  r: float = 0.05           # gradient-norm penalty radius
+  flood: float = 0.02       # flooding level b
+  every_k: int = 1          # amortize the correction over k steps
+  # Optimization.
+  epochs: int = 30
+  batch_size: int = 128
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 1e-4
+  schedule: str = "cosine"  # "cosine" or "constant"
+  augment: bool | None = None  # None: on for CIFAR-shaped images only
+  max_steps: int | None = None  # stop early (smoke tests, throughput)
+  # Synthetic data.
+  num_train: int = 2048
+  num_test: int = 512
+  image_size: int = 32
+  seed: int = 0
+  quiet: bool = False
+  measure_cost: bool = True  # matmul count of the compiled step
+  out_dir: str | None = None
+
+
+def make_method(name: str, loss_fn: Callable[..., Any], config: Config, *,
+                has_aux: bool = False
+                ) -> tuple[optax.GradientTransformationExtraArgs | None,
+                           Callable[..., Any]]:
+  """The one place that maps a method name to the library's API.
+
+  Args:
+    name: one of :data:`METHODS`.
+    loss_fn: ``loss_fn(params, batch)`` (or ``(loss, aux)`` with ``has_aux``).
+    config: supplies the hyperparameters (``gamma``, ``eps``, ``rho``,
+      ``alpha``, ``r``, ``flood``, ``every_k``).
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+
+  Returns:
+    ``(transformation, training_loss)``: the transformation to put first in
+    the chain (``None`` for plain SGD and flooding) and the loss to
+    differentiate (the flooded loss for flooding, else ``loss_fn``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = lambda p, b: jnp.sum((p - b) ** 2)
+    >>> tx, train_loss = make_method("forward", loss, Config(gamma=0.1))
+    >>> tx is not None, train_loss is loss
+    (True, True)
+  """
+  if name not in METHODS:
+    raise ValueError(f"Unknown method {name!r}; expected one of {METHODS}.")
+  amortizable = name not in ("sgd", "flooding")
+  if config.every_k != 1 and not amortizable:
+    raise ValueError(f"every_k applies to methods with a correction, not "
+                     f"{name!r}.")
+  opts = dict(has_aux=has_aux, every_k=config.every_k)
+  if name == "sgd":
+    return None, loss_fn
+  if name == "flooding":
+    return None, gro.flooding(loss_fn, config.flood, has_aux=has_aux)
+  if name == "sam":
+    return gro.sam(loss_fn, config.rho, **opts), loss_fn
+  if name == "gradient_norm_penalty":
+    return gro.gradient_norm_penalty(loss_fn, config.alpha, config.r,
+                                     **opts), loss_fn
+  return gro.gradient_regularization(loss_fn, config.gamma, method=name,
+                                     eps=config.eps, **opts), loss_fn
+
+
+def load_data(config: Config) -> data_lib.Dataset:
+  """The data set named by ``config.dataset``."""
+  if config.dataset == "digits":
+    return data_lib.load_digits()
+  if config.dataset == "cifar10":
+    if not config.data_dir:
+      raise ValueError("--dataset cifar10 needs --data-dir (nothing is "
+                       "downloaded).")
+    return data_lib.load_cifar10(config.data_dir)
+  if config.dataset == "synthetic":
+    s = config.image_size
+    return data_lib.synthetic(config.num_train, config.num_test, (s, s, 3),
+                              seed=config.seed)
+  raise ValueError(f"Unknown dataset {config.dataset!r}; expected one of "
+                   f"{DATASETS}.")
+
+
+def make_model(config: Config, num_classes: int) -> Any:
+  if config.model == "mlp":
+    return models.MLP(width=config.width, depth=config.depth,
+                      num_classes=num_classes)
+  if config.model == "cnn":
+    return models.SmallCNN(num_classes=num_classes)
+  if config.model == "resnet18":
+    return models.ResNet18(num_classes=num_classes, width=config.width)
+  raise ValueError(f"Unknown model {config.model!r}; expected one of "
+                   f"{MODELS}.")
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def make_loss(model: Any) -> Callable[..., Any]:
+  """Cross-entropy ``loss(params, (x, y, batch_stats)) -> (loss, aux)``.
+
+  The BatchNorm statistics ride in the batch and come back in ``aux``; the
+  library drops the ``aux`` of its extra evaluations, so they are updated
+  once per step, by the caller's own evaluation.
+  """
+
+  def loss_fn(params, batch):
+    x, y, batch_stats = batch
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    logits, new_state = model.apply(variables, x, train=True,
+                                    mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+    return loss, {"batch_stats": new_state.get("batch_stats", batch_stats),
+                  "accuracy": accuracy}
+
+  return loss_fn
+
+
+def _schedule(config: Config, total_steps: int) -> optax.Schedule:
+  if config.schedule == "cosine":
+    return optax.cosine_decay_schedule(config.learning_rate, total_steps)
+  if config.schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  raise ValueError(f"Unknown schedule {config.schedule!r}.")
+
+
+def _evaluate(eval_fn, state, x, y, batch_size):
+  loss_sum, correct = 0.0, 0
+  for xb, yb in data_lib.batches(x, y, batch_size, drop_remainder=False):
+    l, c = eval_fn(state, xb, yb)
+    loss_sum += float(l)
+    correct += int(c)
+  return loss_sum / len(x), correct / len(x)
+
+
+def _progress(iterable, total, desc, disable):
+  try:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return iterable
+  return tqdm(iterable, total=total, desc=desc, leave=False, disable=disable)
+
+
+class Setup(NamedTuple):
+  """The pieces of a run, before its first step."""
+  state: TrainState
+  train_step: Callable[..., Any]  # (state, x, y, key) -> (state, loss, acc)
+  eval_step: Callable[..., Any]   # (state, x, y) -> (loss sum, correct)
+  aug_key: jax.Array
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def setup(config: Config, data: data_lib.Dataset) -> Setup:
+  """Model, optimizer chain, initial state and jitted steps for a run."""
+  model = make_model(config, data.num_classes)
+  loss_fn = make_loss(model)
+  regularizer, train_loss = make_method(config.method, loss_fn, config,
+                                        has_aux=True)
+  batch_size = min(config.batch_size, len(data.x_train))
+  steps_per_epoch = len(data.x_train) // batch_size
+  total_steps = steps_per_epoch * config.epochs
+  if config.max_steps is not None:
+    total_steps = min(total_steps, config.max_steps)
+  use_augment = config.augment
+  if use_augment is None:
+    use_augment = data.x_train.shape[1:3] == (32, 32)
+
+  key = jax.random.PRNGKey(config.seed)
+  init_key, aug_key = jax.random.split(key)
+  variables = jax.jit(model.init)(init_key, jnp.asarray(data.x_train[:1]))
+  tx = optax.chain(
+      *([regularizer] if regularizer is not None else []),
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(_schedule(config, max(total_steps, 1)),
+                momentum=config.momentum or None),
+  )
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                            tx=tx, batch_stats=variables.get("batch_stats", {}))
+  # A concrete int32 step counter keeps the state's types fixed across steps,
+  # so that one ahead-of-time compiled executable serves them all.
+  state = state.replace(step=jnp.zeros([], jnp.int32))
+
+  @jax.jit
+  def train_step(state, x, y, key):
+    if use_augment:
+      x = data_lib.augment(key, x)
+    batch = (x, y, state.batch_stats)
+    (loss, aux), grads = jax.value_and_grad(train_loss, has_aux=True)(
+        state.params, batch)
+    state = gro.apply_gradients(state, grads, batch=batch)
+    state = state.replace(batch_stats=aux["batch_stats"])
+    return state, loss, aux["accuracy"]
+
+  @jax.jit
+  def eval_step(state, x, y):
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    logits = model.apply(variables, x, train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+    return loss, jnp.sum(jnp.argmax(logits, -1) == y)
+
+  return Setup(state, train_step, eval_step, aug_key, batch_size,
+               steps_per_epoch, total_steps)
+
+
+def train(config: Config, dataset: data_lib.Dataset | None = None, *,
+          return_state: bool = False) -> Any:
+  """Trains one model and returns its curves and timings.
+
+  Args:
+    config: the run's :class:`Config`.
+    dataset: data to use instead of loading ``config.dataset``.
+    return_state: also return the final ``TrainState`` (parameters,
+      optimizer state, BatchNorm statistics).
+
+  Returns:
+    A JSON-serializable dict: the config, per-epoch ``history`` (train loss
+    and accuracy, test loss and accuracy), ``final_test_accuracy``,
+    ``step_time_median_s`` (wall clock per jitted step, the first steps with
+    compilation excluded), ``images_per_s`` and ``step_matmuls``, the number
+    of matrix products in the compiled step
+    (:func:`gradreg_optax.cost.count_matmuls`). With ``return_state``, the
+    pair ``(results, state)``.
+  """
+  data = dataset if dataset is not None else load_data(config)
+  state, train_step, eval_step, aug_key, batch_size, steps_per_epoch, \
+      total_steps = setup(config, data)
+  rng = np.random.RandomState(config.seed)
+  history = {k: [] for k in ("epoch", "train_loss", "train_accuracy",
+                             "test_loss", "test_accuracy")}
+  step_times, step = [], 0
+  quiet = config.quiet or not sys.stderr.isatty()
+  cost, step_fn = None, None
+  for epoch in range(config.epochs):
+    losses, accs = [], []
+    it = data_lib.batches(data.x_train, data.y_train, batch_size, rng)
+    for xb, yb in _progress(it, steps_per_epoch, f"epoch {epoch + 1}", quiet):
+      if step >= total_steps:
+        break
+      step_key = jax.random.fold_in(aug_key, step)
+      if step_fn is None:
+        # Compile once, ahead of time, and read the matmul count off the
+        # same executable that then runs every step.
+        step_fn = train_step.lower(state, xb, yb, step_key).compile()
+        if config.measure_cost:
+          cost = gro.cost.count_matmuls(step_fn.as_text())
+      t0 = time.perf_counter()
+      state, loss, acc = step_fn(state, xb, yb, step_key)
+      loss = float(loss)  # waits for the step
+      step_times.append(time.perf_counter() - t0)
+      losses.append(loss)
+      accs.append(float(acc))
+      step += 1
+    if not losses:
+      break
+    test_loss, test_acc = _evaluate(eval_step, state, data.x_test,
+                                    data.y_test, 512)
+    history["epoch"].append(epoch + 1)
+    history["train_loss"].append(float(np.mean(losses)))
+    history["train_accuracy"].append(float(np.mean(accs)))
+    history["test_loss"].append(test_loss)
+    history["test_accuracy"].append(test_acc)
+    if not config.quiet:
+      print(f"epoch {epoch + 1:3d}  train loss {history['train_loss'][-1]:.4f}"
+            f"  acc {history['train_accuracy'][-1]:.4f}  test loss "
+            f"{test_loss:.4f}  acc {test_acc:.4f}", flush=True)
+
+  # The first steps include compilation; time the rest.
+  warm = step_times[3:] if len(step_times) > 3 else step_times[-1:]
+  median = float(np.median(warm)) if warm else float("nan")
+  results = {
+      "config": dataclasses.asdict(config),
+      "dataset": data.name,
+      "num_params": int(sum(np.size(p) for p in jax.tree.leaves(state.params))),
+      "steps": step,
+      "history": history,
+      "final_test_accuracy": (history["test_accuracy"][-1]
+                              if history["test_accuracy"] else float("nan")),
+      "step_time_median_s": median,
+      "timed_steps": len(warm),
+      "images_per_s": batch_size / median if median > 0 else float("nan"),
+      "step_matmuls": cost,
+      "device": jax.devices()[0].device_kind,
+  }
+  if config.out_dir:
+    save_results(results, config.out_dir)
+  return (results, state) if return_state else results
+
+
+def save_results(results: dict[str, Any], out_dir: str) -> None:
+  """Writes ``results.json`` and ``curves.png`` (if matplotlib is there)."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  h = results["history"]
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  axes[0].plot(h["epoch"], h["train_loss"], label="train")
+  axes[0].plot(h["epoch"], h["test_loss"], label="test")
+  axes[0].set(xlabel="epoch", ylabel="loss", yscale="log")
+  axes[1].plot(h["epoch"], h["train_accuracy"], label="train")
+  axes[1].plot(h["epoch"], h["test_accuracy"], label="test")
+  axes[1].set(xlabel="epoch", ylabel="accuracy")
+  for ax in axes:
+    ax.legend()
+  c = results["config"]
+  fig.suptitle(f"{c['method']} on {results['dataset']} ({c['model']})")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "curves.png"), dpi=100)
+  plt.close(fig)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         skip: Sequence[str] = ()) -> None:
+  """Adds one ``--flag`` per :class:`Config` field (shared by the scripts)."""
+  defaults = Config()
+  for field in dataclasses.fields(Config):
+    if field.name in skip:
+      continue
+    flag = "--" + field.name.replace("_", "-")
+    default = getattr(defaults, field.name)
+    if field.name == "augment":
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                          default=None, help="CIFAR augmentation "
+                          "(default: on for 32x32 images)")
+    elif isinstance(default, bool):
+      parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                          default=default)
+    elif field.name in ("max_steps", "data_dir", "out_dir"):
+      kind = int if field.name == "max_steps" else str
+      parser.add_argument(flag, type=kind, default=default)
+    else:
+      choices = {"method": METHODS, "model": MODELS, "dataset": DATASETS,
+                 "schedule": ("cosine", "constant")}.get(field.name)
+      parser.add_argument(flag, type=type(default), default=default,
+                          choices=choices)
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
+  names = {f.name for f in dataclasses.fields(Config)}
+  values = {k: v for k, v in vars(args).items() if k in names}
+  values.update(overrides)
+  return Config(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_config_arguments(parser)
+  args = parser.parse_args(argv)
+  config = config_from_args(args)
+  results = train(config)
+  print(json.dumps({k: results[k] for k in (
+      "dataset", "final_test_accuracy", "steps", "step_time_median_s",
+      "step_matmuls")}))
+  print(f"throughput: {results['images_per_s']:.1f} images/s "
+        f"({results['device']}, median of {results['timed_steps']} steps)")
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,179 @@
+"""Tests for gradreg_optax/experiments/train.py and compare.py."""
+
+import dataclasses
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gradreg_optax.experiments import compare
+from gradreg_optax.experiments import data
+from gradreg_optax.experiments import train
+from test_data import write_cifar10
+
+TINY = train.Config(width=16, depth=2, epochs=1, batch_size=32, max_steps=3,
+                    quiet=True, measure_cost=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load_digits()
+
+
+def _quadratic():
+  a = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 3.0]])
+  loss = lambda p, b: 0.5 * p @ a @ p + b @ p
+  return a, loss, jnp.array([0.3, -0.7, 1.1]), jnp.array([0.1, 0.2, -0.4])
+
+
+@pytest.mark.parametrize("method", [m for m in train.METHODS
+                                    if m not in ("sgd", "flooding")])
+def test_make_method_matches_hand_formula_on_a_quadratic(method):
+  # On L = p'Ap/2 + b'p every finite difference of the gradient is exact.
+  a, loss, p, b = _quadratic()
+  cfg = train.Config(gamma=0.3, eps=0.2, rho=0.1, alpha=0.6, r=0.2)
+  tx, train_loss = train.make_method(method, loss, cfg)
+  assert train_loss is loss
+  g = a @ p + b
+  unit = g / jnp.linalg.norm(g)
+  expected = {
+      "sam": a @ (p + cfg.rho * unit) + b,
+      "gradient_norm_penalty": ((1 - cfg.alpha) * g
+                                + cfg.alpha * (a @ (p + cfg.r * unit) + b)),
+  }.get(method, g + cfg.gamma * a @ g)
+  out, _ = tx.update(g, tx.init(p), p, batch=b)
+  chex.assert_trees_all_close(out, expected, rtol=1e-5)
+
+
+def test_make_method_flooding_and_errors():
+  loss = lambda p, b: jnp.sum(p ** 2)
+  tx, flooded = train.make_method("flooding", loss, train.Config(flood=2.0))
+  assert tx is None
+  assert float(flooded(jnp.ones(1), None)) == pytest.approx(3.0)  # |1-2|+2
+  with pytest.raises(ValueError, match="every_k"):
+    train.make_method("sgd", loss, train.Config(every_k=2))
+  with pytest.raises(ValueError, match="Unknown method"):
+    train.make_method("adamw", loss, train.Config())
+
+
+@pytest.mark.parametrize("method", train.METHODS)
+def test_each_method_trains(method, digits):
+  r = train.train(dataclasses.replace(TINY, method=method, max_steps=None),
+                  digits)
+  assert r["steps"] == len(digits.x_train) // TINY.batch_size
+  h = r["history"]
+  assert np.isfinite(h["train_loss"]).all()
+  assert 0.0 <= r["final_test_accuracy"] <= 1.0
+  assert r["final_test_accuracy"] > 0.5  # one epoch is far above chance (0.1)
+  assert r["images_per_s"] > 0
+
+
+def _params_after(config, dataset):
+  # The history is a function of the parameters; compare the whole curve.
+  return train.train(config, dataset)["history"]
+
+
+@pytest.mark.parametrize("method,switch_off", [
+    ("forward", {"gamma": 0.0}), ("sam", {"rho": 0.0}),
+    ("flooding", {"flood": 0.0})])
+def test_switched_off_methods_equal_sgd(method, switch_off, digits):
+  sgd = _params_after(TINY, digits)
+  off = _params_after(dataclasses.replace(TINY, method=method, **switch_off),
+                      digits)
+  on = _params_after(dataclasses.replace(TINY, method=method, flood=5.0),
+                     digits)
+  chex.assert_trees_all_close(off, sgd, rtol=1e-6)
+  assert on["train_loss"] != sgd["train_loss"]
+
+
+def test_flooding_above_the_loss_ascends(digits):
+  # Below the flood level the flooded gradient is the negated gradient.
+  cfg = dataclasses.replace(TINY, max_steps=None, epochs=2, flood=100.0,
+                            learning_rate=0.05)
+  up = train.train(dataclasses.replace(cfg, method="flooding"), digits)
+  down = train.train(cfg, digits)
+  assert up["history"]["train_loss"][-1] > np.log(10) > (
+      down["history"]["train_loss"][-1])
+
+
+def test_every_k_reuses_the_correction(digits):
+  cfg = dataclasses.replace(TINY, method="forward", gamma=0.5)
+  # One step: the first step computes the correction whatever k is.
+  one = {k: _params_after(dataclasses.replace(cfg, max_steps=1, every_k=k),
+                          digits) for k in (1, 8)}
+  chex.assert_trees_all_close(one[1], one[8], rtol=1e-6)
+  many = {k: _params_after(dataclasses.replace(cfg, max_steps=6, every_k=k),
+                           digits) for k in (1, 8)}
+  assert many[1]["train_loss"] != many[8]["train_loss"]
+
+
+def test_same_seed_same_results_other_seed_differs(digits):
+  cfg = dataclasses.replace(TINY, method="forward", max_steps=None, epochs=2)
+  a = train.train(cfg, digits)
+  b = train.train(cfg, digits)
+  c = train.train(dataclasses.replace(cfg, seed=1), digits)
+  assert a["history"] == b["history"]
+  assert a["history"] != c["history"]
+
+
+def test_cli_on_cifar_format_files_writes_results(tmp_path, capsys):
+  write_cifar10(str(tmp_path / "cifar"), per_batch=8)
+  out = tmp_path / "out"
+  r = train.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"),
+                  "--model", "mlp", "--width", "8", "--depth", "2",
+                  "--batch-size", "16", "--epochs", "2", "--method", "sam",
+                  "--out-dir", str(out), "--quiet"])
+  assert r["config"]["augment"] is None and r["steps"] == 4
+  printed = capsys.readouterr().out
+  assert "images/s" in printed
+  with open(out / "results.json") as f:
+    saved = json.load(f)
+  assert saved["history"] == r["history"]
+  assert os.path.getsize(out / "curves.png") > 1000
+  # The counted matrix products: an L=2 MLP with SAM is 2 (3L - 1).
+  assert saved["step_matmuls"] == 2 * (3 * 2 - 1)
+
+
+def _tiny_resnet():
+  ds = data.synthetic(16, 8, (8, 8, 3), num_classes=4, seed=0)
+  cfg = dataclasses.replace(TINY, dataset="synthetic", model="resnet18",
+                            width=4, batch_size=8, max_steps=2, gamma=1.0)
+  return ds, cfg
+
+
+def _means(batch_stats):
+  return [x for path, x in jax.tree_util.tree_leaves_with_path(batch_stats)
+          if "mean" in jax.tree_util.keystr(path)]
+
+
+def test_resnet18_trains_with_batchnorm():
+  ds, cfg = _tiny_resnet()
+  r, state = train.train(dataclasses.replace(cfg, method="forward"), ds,
+                         return_state=True)
+  assert r["steps"] == 2 and np.isfinite(r["history"]["train_loss"]).all()
+  means = _means(state.batch_stats)
+  assert len(means) == 20  # stem + 16 in the blocks + 3 shortcuts
+  # Updated from their initial zeros, and finite.
+  assert all(np.isfinite(np.asarray(m)).all() for m in means)
+  assert all(np.abs(np.asarray(m)).max() > 0 for m in means)
+
+
+@pytest.mark.slow
+def test_resnet18_batchnorm_statistics_updated_once():
+  # After one step the statistics come from the caller's own forward pass
+  # only, so they equal SGD's (same parameters, same data) although F-GR also
+  # evaluates the model, in training mode, at displaced parameters.
+  ds, cfg = _tiny_resnet()
+  out = {m: train.train(dataclasses.replace(cfg, method=m, max_steps=1), ds,
+                        return_state=True) for m in ("sgd", "forward")}
+  stats = {m: s.batch_stats for m, (_, s) in out.items()}
+  chex.assert_trees_all_close(stats["forward"], stats["sgd"], rtol=1e-5,
+                              atol=1e-7)
+  # ... while the parameters moved differently.
+  assert not np.allclose(jax.tree.leaves(out["sgd"][1].params)[0],
+                         jax.tree.leaves(out["forward"][1].params)[0])
