@@ -19,8 +19,8 @@ PATHS = sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb")))
 
 def test_there_are_notebooks():
   names = {os.path.basename(p) for p in PATHS}
-  assert {"quickstart.ipynb", "cost_6L_vs_9L.ipynb",
-          "resnet_cifar10.ipynb"} <= names
+  assert {"quickstart.ipynb", "cost_6L_vs_9L.ipynb", "resnet_cifar10.ipynb",
+          "dln_implicit_bias.ipynb"} <= names
 
 
 def test_magics_are_skipped():
