@@ -172,7 +172,10 @@ def _check_every_k(every_k: Any) -> None:
 
 def _varying_axes(x: Any) -> frozenset:
   """Mesh axes over which ``x`` varies inside ``shard_map(check_vma=True)``."""
-  aval = jax.typeof(x)
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None:  # a JAX without varying-axis types: nothing to detect
+    return frozenset()
+  aval = typeof(x)
   manual = getattr(aval, "manual_axis_type", None)
   if manual is not None:
     return frozenset(manual.varying)
