@@ -12,30 +12,13 @@ import optax
 import pytest
 
 import gradreg_optax as gro
-from _models import mlp_batch, mlp_loss, mlp_params
+from _models import MAKERS, mlp_batch, mlp_loss, mlp_params
 
 PARAMS = mlp_params(jax.random.PRNGKey(0))
 BATCH = mlp_batch(jax.random.PRNGKey(1))
 OTHER_BATCH = mlp_batch(jax.random.PRNGKey(2))
 GRADS = jax.grad(mlp_loss)(PARAMS, BATCH)
 
-# Every method, with hyperparameters large enough to change the gradient.
-MAKERS = {
-    "forward": lambda loss, **kw: gro.gradient_regularization(
-        loss, 0.05, method="forward", **kw),
-    "backward": lambda loss, **kw: gro.gradient_regularization(
-        loss, 0.05, method="backward", **kw),
-    "central": lambda loss, **kw: gro.gradient_regularization(
-        loss, 0.05, method="central", **kw),
-    "double_backprop": lambda loss, **kw: gro.gradient_regularization(
-        loss, 0.05, method="double_backprop", **kw),
-    "jvp": lambda loss, **kw: gro.gradient_regularization(
-        loss, 0.05, method="jvp", **kw),
-    "sam": lambda loss, **kw: gro.sam(loss, 0.05, **kw),
-    "asam": lambda loss, **kw: gro.sam(loss, 0.5, adaptive=True, **kw),
-    "gradient_norm_penalty": lambda loss, **kw: gro.gradient_norm_penalty(
-        loss, 0.8, 0.1, **kw),
-}
 ALL = sorted(MAKERS)
 
 
