@@ -1,4 +1,4 @@
-"""Small models, and every method built with test hyperparameters, shared by the tests."""
+"""Small models and every method's constructor, shared by the tests."""
 
 import jax
 import jax.numpy as jnp
