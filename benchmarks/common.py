@@ -68,10 +68,9 @@ def synthetic_data(key, batch_size, input_shape):
   return x, y
 
 
-def mlp_problem(depth: int, width: int, batch_size: int,
-                input_shape=CIFAR_SHAPE, seed: int = 0) -> Problem:
-  """``depth`` dense layers (``depth - 1`` hidden of ``width``, ReLU)."""
-  model = MLP(width=width, depth=depth, num_classes=NUM_CLASSES)
+def _classifier_problem(name: str, model: Any, batch_size: int, input_shape,
+                        seed: int) -> Problem:
+  """A Linen classifier without mutable state, on synthetic data."""
   key = jax.random.PRNGKey(seed)
   x, y = synthetic_data(key, batch_size, input_shape)
   params = model.init(key, x[:1])["params"]
@@ -80,22 +79,23 @@ def mlp_problem(depth: int, width: int, batch_size: int,
     x, y = batch
     return cross_entropy(model.apply({"params": params}, x), y)
 
-  return Problem(f"mlp_L{depth}_w{width}_b{batch_size}", loss_fn, False,
-                 params, {}, x, y)
+  return Problem(name, loss_fn, False, params, {}, x, y)
+
+
+def mlp_problem(depth: int, width: int, batch_size: int,
+                input_shape=CIFAR_SHAPE, seed: int = 0) -> Problem:
+  """``depth`` dense layers (``depth - 1`` hidden of ``width``, ReLU)."""
+  return _classifier_problem(
+      f"mlp_L{depth}_w{width}_b{batch_size}",
+      MLP(width=width, depth=depth, num_classes=NUM_CLASSES), batch_size,
+      input_shape, seed)
 
 
 def cnn_problem(batch_size: int, input_shape=CIFAR_SHAPE, seed: int = 0
                 ) -> Problem:
-  model = SmallCNN(num_classes=NUM_CLASSES)
-  key = jax.random.PRNGKey(seed)
-  x, y = synthetic_data(key, batch_size, input_shape)
-  params = model.init(key, x[:1])["params"]
-
-  def loss_fn(params, batch):
-    x, y = batch
-    return cross_entropy(model.apply({"params": params}, x), y)
-
-  return Problem(f"smallcnn_b{batch_size}", loss_fn, False, params, {}, x, y)
+  return _classifier_problem(f"smallcnn_b{batch_size}",
+                             SmallCNN(num_classes=NUM_CLASSES), batch_size,
+                             input_shape, seed)
 
 
 def resnet_problem(batch_size: int, width: int = 64, input_shape=CIFAR_SHAPE,
