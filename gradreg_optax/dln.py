@@ -377,18 +377,23 @@ def train(params: dict[str, Array], batch: tuple[Array, Array],
     >>> bool(out.residual <= 1e-4), bool(out.diverged)
     (True, False)
   """
-  tx = optax.with_extra_args_support(tx if tx is not None else optax.identity())
-  fn = lambda p, b: loss(p, b, reduction=reduction)
-  grad_beta = jax.grad(lambda b_: loss_beta(b_, batch, reduction=reduction))
+  # One compiled loop per (tx, reduction, max_steps): the default tx is a
+  # module constant, and the losses are built inside the jitted function, so
+  # repeated calls (sweeps over data, alpha or learning rate) do not retrace.
+  tx = _PLAIN_GD if tx is None else optax.with_extra_args_support(tx)
+  h = jnp.asarray(learning_rate, batch[0].dtype)
+  return _train(params, batch, tx, reduction, h, max_steps, tol)
+
+
+_PLAIN_GD = optax.with_extra_args_support(optax.identity())
+
+
+@functools.partial(jax.jit, static_argnames=("tx", "reduction", "max_steps"))
+def _train(params, batch, tx, reduction, h, max_steps, tol):
   x, y = batch
   y_norm = jnp.linalg.norm(y)
-  h = jnp.asarray(learning_rate, x.dtype)
-  return _train(params, batch, tx, fn, grad_beta, h, y_norm, max_steps, tol)
-
-
-@functools.partial(jax.jit, static_argnames=("tx", "fn", "grad_beta", "max_steps"))
-def _train(params, batch, tx, fn, grad_beta, h, y_norm, max_steps, tol):
-  x, y = batch
+  fn = functools.partial(loss, reduction=reduction)
+  grad_beta = jax.grad(lambda b_: loss_beta(b_, batch, reduction=reduction))
   state = tx.init(params)
 
   def residual(p):

@@ -175,6 +175,22 @@ def test_train_reports_divergence():
   assert bool(out.diverged)
 
 
+def test_train_compiles_once_for_a_sweep():
+  data = small_data()
+  batch = (data.x, data.y)
+  tx = gro.gradient_regularization(dln.loss, 1e-3, eps=0.01)
+  for alpha, lr in [(0.5, 1e-3), (1.0, 2e-3)]:  # first pass: one trace each
+    for t in (None, tx):
+      dln.train(dln.init_params(alpha, 40, jnp.float64), batch, lr, tx=t,
+                max_steps=10)
+  before = dln._train._cache_size()  # pylint: disable=protected-access
+  for alpha, lr in [(2.0, 3e-3), (0.1, 5e-4)]:
+    for t in (None, tx):
+      dln.train(dln.init_params(alpha, 40, jnp.float64), batch, lr, tx=t,
+                max_steps=10)
+  assert dln._train._cache_size() == before  # pylint: disable=protected-access
+
+
 def test_make_data_is_seeded_and_sparse():
   a = dln.make_data(jax.random.key(3))
   b = dln.make_data(jax.random.key(3))
