@@ -177,3 +177,29 @@ def test_resnet18_batchnorm_statistics_updated_once():
   # ... while the parameters moved differently.
   assert not np.allclose(jax.tree.leaves(out["sgd"][1].params)[0],
                          jax.tree.leaves(out["forward"][1].params)[0])
+
+
+def test_compare_reports_accuracy_cost_and_throughput(digits, tmp_path,
+                                                      capsys):
+  out = tmp_path / "cmp"
+  summary = compare.main(
+      ["--seeds", "2", "--methods", "sgd", "F-GR (forward)", "F-GR every_k=4",
+       "--width", "16", "--depth", "3", "--epochs", "1", "--max-steps", "4",
+       "--batch-size", "32", "--timing", "2", "4", "--quiet",
+       "--out", str(out)])
+  rows = {r["label"]: r for r in summary["rows"]}
+  assert list(rows) == ["sgd", "F-GR (forward)", "F-GR every_k=4"]
+  assert rows["sgd"]["time_ratio"] == 1.0
+  for r in rows.values():
+    assert len(r["test_accuracies"]) == 2
+    chex.assert_trees_all_close(r["images_per_s"],
+                                32 / r["step_time_median_s"], rtol=1e-12)
+  # Three layers: SGD 3L-1 = 8 products, one extra gradient doubles it.
+  assert rows["sgd"]["step_matmuls"] == 8
+  assert rows["F-GR (forward)"]["matmul_ratio"] == 2.0
+  assert summary["real_data"] and summary["dataset"] == "digits"
+  printed = capsys.readouterr().out
+  assert "| F-GR every_k=4 | gamma=0.05, eps=0.1, every_k=4 |" in printed
+  assert json.loads((tmp_path / "cmp.json").read_text())["rows"][1][
+      "images_per_s"] == rows["F-GR (forward)"]["images_per_s"]
+  assert (tmp_path / "cmp.md").read_text().count("\n| ") == 4

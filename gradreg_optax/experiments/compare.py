@@ -86,7 +86,8 @@ def time_steps(base: train_lib.Config,
 
 def compare(base: train_lib.Config, seeds: Sequence[int],
             entries: Sequence[tuple[str, str, dict[str, Any]]] = DEFAULT_ENTRIES,
-            dataset: Any = None, verbose: bool = False) -> dict[str, Any]:
+            dataset: Any = None, verbose: bool = False,
+            timing: tuple[int, int] = (15, 12)) -> dict[str, Any]:
   """Runs every entry for every seed; returns per-run and summary results.
 
   Args:
@@ -97,6 +98,7 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
     dataset: a loaded :class:`~gradreg_optax.experiments.data.Dataset` to use
       instead of loading ``base.dataset``.
     verbose: print one line per run (to stderr).
+    timing: ``(rounds, steps)`` of :func:`time_steps`.
 
   Returns:
     A dict with ``rows`` (one summary per entry) and ``runs``.
@@ -129,12 +131,14 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
                  "test_accuracies": accs,
                  "step_time_median_s": float(np.median(times)),
                  "step_matmuls": matmuls})
-  step_times = time_steps(base, entries, data)
+  step_times = time_steps(base, entries, data, *timing)
   for row in rows:
     row["step_time_median_s"] = step_times[row["label"]]
   ref = rows[0]
+  batch_size = min(base.batch_size, len(data.x_train))
   for row in rows:
     row["time_ratio"] = row["step_time_median_s"] / ref["step_time_median_s"]
+    row["images_per_s"] = batch_size / row["step_time_median_s"]
     row["matmul_ratio"] = (row["step_matmuls"] / ref["step_matmuls"]
                            if row["step_matmuls"] and ref["step_matmuls"]
                            else None)
@@ -148,8 +152,8 @@ def table(summary: dict[str, Any]) -> str:
   n = len(summary["seeds"])
   lines = [
       f"| method | hyperparameters | test accuracy (mean ± std, {n} seeds) "
-      "| step time / SGD | matmuls / SGD |",
-      "|---|---|---|---|---|",
+      "| step time / SGD | images/s | matmuls / SGD |",
+      "|---|---|---|---|---|---|",
   ]
   for row in summary["rows"]:
     matmul = (f"{row['matmul_ratio']:.2f} ({row['step_matmuls']})"
@@ -158,7 +162,7 @@ def table(summary: dict[str, Any]) -> str:
         f"| {row['label']} | {row['hyperparameters'] or '-'} | "
         f"{100 * row['test_accuracy_mean']:.2f} ± "
         f"{100 * row['test_accuracy_std']:.2f} % | "
-        f"{row['time_ratio']:.2f} | {matmul} |")
+        f"{row['time_ratio']:.2f} | {row['images_per_s']:.0f} | {matmul} |")
   return "\n".join(lines)
 
 
@@ -204,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--out", default=None,
                       help="write OUT.json and OUT.md")
   parser.add_argument("--figure", default=None, help="write this PNG")
+  parser.add_argument("--timing", type=int, nargs=2, default=(15, 12),
+                      metavar=("ROUNDS", "STEPS"),
+                      help="step timing: ROUNDS turns of STEPS steps per "
+                      "method (STEPS a multiple of every_k)")
   train_lib.add_config_arguments(parser, skip=("method", "seed", "out_dir"))
   parser.set_defaults(epochs=20)
   args = parser.parse_args(argv)
@@ -218,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   t0 = time.perf_counter()
   summary = compare(base, list(range(args.seeds)), entries,
-                    verbose=not args.quiet)
+                    verbose=not args.quiet, timing=tuple(args.timing))
   summary["wall_s"] = time.perf_counter() - t0
   summary["command"] = _report.command_line(
       "gradreg_optax.experiments.compare", argv)
