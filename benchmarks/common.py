@@ -138,27 +138,40 @@ def transformation(problem: Problem, method: str, every_k: int = 1,
                                      eps=EPS, **options)
 
 
-def _own_gradient(problem, params, batch):
+def _own_gradient(problem, params, batch, loss_fn=None):
   """The caller's gradient and loss; BatchNorm statistics from this pass."""
+  loss_fn = loss_fn or problem.loss_fn
   if problem.has_aux:
     (loss, new_state), g = jax.value_and_grad(
-        problem.loss_fn, has_aux=True)(params, batch)
+        loss_fn, has_aux=True)(params, batch)
   else:
-    loss, g = jax.value_and_grad(problem.loss_fn)(params, batch)
+    loss, g = jax.value_and_grad(loss_fn)(params, batch)
     new_state = {}
   return loss, g, new_state
+
+
+# Double backpropagation in its single-pass form through the public API: the
+# caller differentiates L + (gamma/2)||grad L||^2, built by
+# ``gro.igr_modified_loss`` (strength h = 2 gamma), and no transformation is
+# chained. Its hand-written counterpart is ``hand_step("double_backprop")``.
+PENALIZED_LOSS = "igr_modified_loss"
+HAND_REFERENCE = {PENALIZED_LOSS: "double_backprop"}
 
 
 def library_step(problem: Problem, method: str | None, every_k: int = 1,
                  reuse: str = "correction"):
   """A train step; ``method=None`` is plain SGD (the baseline)."""
   tx = optimizer()
-  if method is not None:
+  loss_fn = problem.loss_fn
+  if method == PENALIZED_LOSS:
+    loss_fn = gro.igr_modified_loss(loss_fn, 2 * GAMMA,
+                                    has_aux=problem.has_aux)
+  elif method is not None:
     tx = optax.chain(transformation(problem, method, every_k, reuse), tx)
 
   def step(params, opt_state, model_state, x, y):
     batch = problem.batch(model_state, x, y)
-    loss, g, new_state = _own_gradient(problem, params, batch)
+    loss, g, new_state = _own_gradient(problem, params, batch, loss_fn)
     updates, opt_state = tx.update(g, opt_state, params, batch=batch)
     return optax.apply_updates(params, updates), opt_state, new_state, loss
 

@@ -1,12 +1,16 @@
 """Why double backpropagation costs more than its 3x theory on convolutions.
 
-Compiles the ResNet-18 train steps of SGD, the library's ``double_backprop``
-and ``jvp`` methods and the classical hand-written double backpropagation,
-and summarizes the optimized program: matrix products and convolutions by
-backend kind (cuDNN forward / backward-input / backward-filter on GPU) and
-dimension layout, transposes, copies, fusions, and XLA's FLOP estimate.
+Compiles the ResNet-18 train steps of SGD, F-GR, the library's
+``double_backprop`` and ``jvp`` methods and their hand-written counterparts
+(double backpropagation in its classical single-pass form, which the library
+offers as the loss ``igr_modified_loss``), and summarizes
+the optimized program: matrix products and convolutions by backend kind
+(cuDNN forward / backward-input / backward-filter on GPU) and dimension
+layout, transposes, copies, fusions, and XLA's FLOP estimate. ``--model
+mlp:<depth>`` does the same for an MLP.
 
   python benchmarks/conv_hlo.py --batch 128
+  python benchmarks/conv_hlo.py --model mlp:4 --width 512 --batch 256
 """
 
 from __future__ import annotations
@@ -60,24 +64,37 @@ def summarize(text: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="resnet",
+                      help="resnet or mlp:<depth>")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--resnet-width", type=int, default=64)
+  parser.add_argument("--width", type=int, default=512, help="MLP width")
   parser.add_argument("--precision", default="default")
   parser.add_argument("--out", default=None)
   parser.add_argument("--dump-dir", default=None,
                       help="also write each optimized HLO text here")
   args = parser.parse_args()
 
-  problem = common.resnet_problem(args.batch, width=args.resnet_width)
+  if args.model == "resnet":
+    problem = common.resnet_problem(args.batch, width=args.resnet_width)
+    default_out = f"conv_hlo_{common.device_slug()}.json"
+  else:
+    problem = common.mlp_problem(int(args.model.split(":")[1]), args.width,
+                                 args.batch)
+    default_out = f"hlo_{problem.name}_{common.device_slug()}.json"
   steps = {"sgd": common.library_step(problem, None),
            "lib:double_backprop": common.library_step(problem,
                                                       "double_backprop"),
            "hand:double_backprop": common.hand_step(problem, "double_backprop"),
+           f"lib:{common.PENALIZED_LOSS}": common.library_step(
+               problem, common.PENALIZED_LOSS),
            "lib:jvp": common.library_step(problem, "jvp"),
+           "hand:jvp": common.hand_step(problem, "jvp"),
            "lib:forward": common.library_step(problem, "forward")}
   ctx = (contextlib.nullcontext() if args.precision == "default"
          else jax.default_matmul_precision(args.precision))
-  report = {"environment": common.environment(), "batch": args.batch,
+  report = {"environment": common.environment(), "problem": problem.name,
+            "batch": args.batch,
             "precision": args.precision, "programs": {}}
   with ctx:
     for name, (tx, step) in steps.items():
@@ -107,7 +124,7 @@ def main():
                            for k, v in report["programs"].items()
                            if v["flops"]})
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                 "results", f"conv_hlo_{common.device_slug()}.json")
+                                 "results", default_out)
   with open(out, "w") as f:
     json.dump(report, f, indent=1)
   print("wrote", out)

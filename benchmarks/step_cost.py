@@ -8,7 +8,10 @@ and BatchNorm statistics; data already on the device):
 * ``sgd``: plain SGD, the baseline;
 * ``lib:<method>``: the library's transformation chained with the optimizer;
 * ``hand:<method>``: the shortest hand-written step for the same method;
-* ``lib:<method>:k<k>``: the library with ``every_k=k`` (amortized).
+* ``lib:<method>:k<k>``: the library with ``every_k=k`` (amortized);
+* ``lib:igr_modified_loss``: double backpropagation in its single-pass form,
+  the caller differentiating ``gro.igr_modified_loss`` (no transformation),
+  against ``hand:double_backprop``.
 
 Compilation and two warm-up steps are excluded from the timings (compile time
 is reported on its own). Variants are then timed in interleaved rounds (the
@@ -51,7 +54,7 @@ from gradreg_optax.cost import count_matmuls
 DEFAULT_METHODS = ("forward", "backward", "double_backprop", "jvp", "sam")
 HEADLINE = ("lib:forward", "hand:forward", "lib:backward", "lib:sam",
             "lib:jvp", "hand:jvp", "lib:double_backprop",
-            "hand:double_backprop")
+            "hand:double_backprop", f"lib:{common.PENALIZED_LOSS}")
 
 
 def log(*a):
@@ -70,10 +73,13 @@ def problem_for(spec: str, args) -> common.Problem:
 def variants(spec: str, args):
   """(name, method, kind, every_k) for one model."""
   out = [("sgd", None, "sgd", 1)]
+  hands = []
   for m in args.methods:
     out.append((f"lib:{m}", m, "lib", 1))
-    if not args.no_hand:
-      out.append((f"hand:{m}", m, "hand", 1))
+    hand = common.HAND_REFERENCE.get(m, m)
+    if not args.no_hand and hand not in hands:
+      hands.append(hand)
+      out.append((f"hand:{hand}", hand, "hand", 1))
   if spec in args.every_k_on:
     for m in ("forward", "sam"):
       for k in args.every_k:
@@ -205,6 +211,14 @@ def run_config(spec: str, precision: str, args) -> dict:
           "results": results}
 
 
+def _lib_over_hand(r, hand) -> str | None:
+  """Library step time over its hand-written counterpart's, formatted."""
+  ref = hand.get(common.HAND_REFERENCE.get(r["method"], r["method"]))
+  if r["kind"] != "lib" or r["every_k"] != 1 or ref is None:
+    return None
+  return f"{r['median_ms'] / ref['median_ms']:.3f}"
+
+
 def print_config(cfg):
   log(f"\n{cfg['problem']} | precision {cfg['precision']} | "
       f"{cfg['rounds']} rounds x {cfg['steps_per_sample']} steps")
@@ -212,9 +226,7 @@ def print_config(cfg):
   log(f"{'variant':<24}{'ms':>9}{'x SGD':>7}{'IQR':>14}{'lib/hand':>9}"
       f"{'compile s':>10}{'temp MiB':>10}{'products':>9}")
   for r in cfg["results"]:
-    lh = ""
-    if r["kind"] == "lib" and r["every_k"] == 1 and r["method"] in hand:
-      lh = f"{r['median_ms'] / hand[r['method']]['median_ms']:.3f}"
+    lh = _lib_over_hand(r, hand) or ""
     temp = r["memory"].get("temp_size_in_bytes")
     temp = f"{temp / 2**20:.0f}" if temp is not None else "-"
     log(f"{r['variant']:<24}{r['median_ms']:>9.3f}{r['ratio_median']:>7.2f}"
@@ -252,9 +264,7 @@ def markdown(doc) -> str:
                 "compile s | compiled temp MiB | compiled total MiB | "
                 "products |", "|---|---|---|---|---|---|---|---|---|"]
       for r in cfg["results"]:
-        lh = "-"
-        if r["kind"] == "lib" and r["every_k"] == 1 and r["method"] in hand:
-          lh = f"{r['median_ms'] / hand[r['method']]['median_ms']:.3f}"
+        lh = _lib_over_hand(r, hand) or "-"
         mem = r["memory"]
         temp = (f"{mem['temp_size_in_bytes'] / 2**20:.0f}"
                 if "temp_size_in_bytes" in mem else "-")

@@ -56,7 +56,14 @@ def gradient_regularization(
   the cheaper one on convolutional networks (on an H100, ResNet-18 steps cost
   2.7x SGD with ``"jvp"`` against 3.6x to 5.3x with ``"double_backprop"``,
   whose reverse pass over the backward convolutions adds transposes):
-  prefer ``"jvp"`` when you want the exact product.
+  prefer ``"jvp"`` when you want the exact product. Classical double
+  backpropagation differentiates ``L + (gamma/2)||grad L||^2`` in one pass
+  *instead of* your own gradient, which a transformation that receives ``g``
+  cannot do; for that form, differentiate
+  ``gradreg_optax.igr_modified_loss(loss_fn, 2 * gamma)`` yourself and chain
+  no transformation (exact under ``jax.jit``, sharded arrays included; under
+  ``pmap`` or ``shard_map`` each device differentiates its own batch's
+  penalty, so the averaged gradient holds ``mean_i H_i g_i``, not ``H g``).
 
   On GPUs, float32 matrix products default to TF32, whose rounding
   (about 1e-3 relative) enters the finite difference divided by ``eps``;
