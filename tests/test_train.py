@@ -151,6 +151,23 @@ def _means(batch_stats):
           if "mean" in jax.tree_util.keystr(path)]
 
 
+@pytest.mark.parametrize("model,width,expected", [
+    ("resnet18", None, 11_173_962),  # the standard CIFAR-10 ResNet-18
+    ("resnet18", 8, None),
+    ("mlp", None, 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10),
+])
+def test_model_width_defaults_per_model(model, width, expected):
+  m = train.make_model(train.Config(model=model, width=width), 10)
+  shape = (1, 32, 32, 3) if model == "resnet18" else (1, 64)
+  params = jax.eval_shape(m.init, jax.random.PRNGKey(0),
+                          jnp.zeros(shape))["params"]
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  if expected is None:  # an explicit width wins
+    assert n < 11_173_962 / 50
+  else:
+    assert n == expected
+
+
 def test_resnet18_trains_with_batchnorm():
   ds, cfg = _tiny_resnet()
   r, state = train.train(dataclasses.replace(cfg, method="forward"), ds,
