@@ -112,6 +112,31 @@ def test_every_k_reuses_the_correction(digits):
   assert many[1]["train_loss"] != many[8]["train_loss"]
 
 
+def test_host_choice_of_recompute_equals_the_on_device_choice(digits):
+  # compile_step picks the recomputing or reusing executable on the host;
+  # the library's default picks inside the step with lax.cond. Same steps.
+  cfg = dataclasses.replace(TINY, method="forward", gamma=0.5, every_k=3)
+  s = train.setup(cfg, digits)
+  x, y = digits.x_train[:32], digits.y_train[:32]
+  host_step, _ = train.compile_step(s, cfg.every_k, x, y)
+  host = device = s.state
+  for i in range(7):
+    host = host_step(host, x, y, s.aug_key, i)[0]
+    device = s.train_step(device, x, y, s.aug_key)[0]
+  chex.assert_trees_all_close(host.params, device.params, rtol=1e-6,
+                              atol=1e-7)
+  assert int(host.step) == 7
+
+
+@pytest.mark.parametrize("times,k,expected", [
+    ([9.0, 9.0, 9.0, 1.0, 3.0, 2.0], 1, 2.0),        # first 3 dropped
+    ([9.0] * 4 + [4.0, 1.0, 1.0, 2.0] * 3, 4, 2.0),   # one period: 4 steps
+    ([9.0, 9.0, 9.0, 9.0, 5.0, 1.0, 3.0, 1.0, 7.0], 2, 2.5),  # 7: no period
+])
+def test_median_step_time_over_whole_periods(times, k, expected):
+  assert train.median_step_time(times, k) == expected
+
+
 def test_same_seed_same_results_other_seed_differs(digits):
   cfg = dataclasses.replace(TINY, method="forward", max_steps=None, epochs=2)
   a = train.train(cfg, digits)

@@ -68,16 +68,16 @@ def time_steps(base: train_lib.Config,
     config = dataclasses.replace(base, method=method, **overrides)
     s = train_lib.setup(config, dataset)
     x, y = dataset.x_train[:s.batch_size], dataset.y_train[:s.batch_size]
-    step = s.train_step.lower(s.state, x, y, s.aug_key).compile()
-    state = jax.block_until_ready(step(s.state, x, y, s.aug_key)[0])
+    step, _ = train_lib.compile_step(s, config.every_k, x, y)
+    state = jax.block_until_ready(step(s.state, x, y, s.aug_key, 0)[0])
     prepared[label] = [step, state, x, y, s.aug_key]
   times = {label: [] for label in prepared}
   for _ in range(rounds):
     for label, item in prepared.items():
       step, state, x, y, key = item
       t0 = time.perf_counter()
-      for _ in range(steps):
-        state = step(state, x, y, key)[0]
+      for i in range(steps):
+        state = step(state, x, y, key, i)[0]
       jax.block_until_ready(state)
       times[label].append((time.perf_counter() - t0) / steps)
       item[1] = state
