@@ -118,9 +118,14 @@ def perturbed_gradient(
       m-sharpness). Otherwise every device uses the averaged gradient.
     every_k: recompute the correction every ``k`` steps and reuse it in
       between (average cost ``1 + len(radii)/k`` gradients per step). By
-      default a ``lax.cond`` on the step count decides; on GPUs, decide on
-      the host instead by passing ``recompute=step % k == 0`` (a Python
-      bool) to ``update`` in a step jitted with ``static_argnames``.
+      default a ``lax.cond`` on the step count decides (the choice for a
+      whole loop under ``jit``/``scan``). Where you drive the loop from
+      Python, decide on the host instead by passing
+      ``recompute=step % k == 0`` (a Python bool) to ``update`` in a step
+      jitted with ``static_argnames``: the conditional costs time on GPUs,
+      and XLA's CPU backend runs convolutions inside it far more slowly
+      (ResNet-18 step at 15x SGD with ``lax.cond``, 1.2x on the host, for
+      ``k = 4``).
     reuse: ``"correction"`` reuses the last correction as is; ``"scaled"``
       reuses its direction rescaled to the current gradient norm (LookSAM).
 
