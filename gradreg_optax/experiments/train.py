@@ -324,8 +324,8 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
     A JSON-serializable dict: the config, per-epoch ``history`` (train loss
     and accuracy, test loss and accuracy), ``final_test_accuracy``,
     ``step_time_median_s`` (wall clock per jitted step, the first steps with
-    compilation excluded, see :func:`median_step_time`), ``images_per_s`` and ``step_matmuls``, the number
-    of matrix products in the compiled step
+    compilation excluded, see :func:`median_step_time`), ``images_per_s``
+    and ``step_matmuls``, the number of matrix products in the compiled step
     (:func:`gradreg_optax.cost.count_matmuls`). With ``return_state``, the
     pair ``(results, state)``.
   """
