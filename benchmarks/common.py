@@ -29,14 +29,15 @@ NUM_CLASSES = 10
 CIFAR_SHAPE = (32, 32, 3)
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
-GAMMA = 0.05
-EPS = 0.1
-RHO = 0.05
-GNP_ALPHA, GNP_R = 0.8, 0.1
 
-# Every method as the library builds it, by name.
-LIBRARY_METHODS = ("forward", "backward", "central", "double_backprop", "jvp",
-                   "sam", "gradient_norm_penalty")
+# Every method that adds a transformation, with the registry's defaults.
+LIBRARY_METHODS = tuple(name for name, m in gro.METHODS.items()
+                        if m.transforms)
+
+
+def hyper(method: str) -> dict[str, float]:
+  """The hyperparameters both the library and the hand-written step use."""
+  return dict(gro.METHODS[method].defaults)
 
 
 @dataclasses.dataclass
@@ -128,14 +129,8 @@ def optimizer() -> optax.GradientTransformation:
 def transformation(problem: Problem, method: str, every_k: int = 1,
                    reuse: str = "correction"):
   """The library's transformation for ``method`` (public API only)."""
-  options = dict(has_aux=problem.has_aux, every_k=every_k, reuse=reuse)
-  if method == "sam":
-    return gro.sam(problem.loss_fn, rho=RHO, **options)
-  if method == "gradient_norm_penalty":
-    return gro.gradient_norm_penalty(problem.loss_fn, alpha=GNP_ALPHA,
-                                     r=GNP_R, **options)
-  return gro.gradient_regularization(problem.loss_fn, GAMMA, method=method,
-                                     eps=EPS, **options)
+  tx = gro.METHODS[method](problem.loss_fn, has_aux=problem.has_aux).tx
+  return tx if every_k == 1 else gro.amortized(tx, every_k, reuse=reuse)
 
 
 def _own_gradient(problem, params, batch, loss_fn=None):
@@ -153,38 +148,59 @@ def _own_gradient(problem, params, batch, loss_fn=None):
 # Double backpropagation in its single-pass form through the public API: the
 # caller differentiates L + (gamma/2)||grad L||^2, built by
 # ``gro.igr_modified_loss`` (strength h = 2 gamma), and no transformation is
-# chained. Its hand-written counterpart is ``hand_step("double_backprop")``.
+# chained. Its hand-written counterpart is ``hand_step("single_pass")``.
 PENALIZED_LOSS = "igr_modified_loss"
-HAND_REFERENCE = {PENALIZED_LOSS: "double_backprop"}
+# Optax's own SAM, ``optax.contrib.sam(..., opaque_mode=True)``.
+OPTAX_SAM = "optax_sam"
+HAND_REFERENCE = {PENALIZED_LOSS: "single_pass", OPTAX_SAM: "sam"}
 
 
 def library_step(problem: Problem, method: str | None, every_k: int = 1,
                  reuse: str = "correction"):
-  """A train step; ``method=None`` is plain SGD (the baseline)."""
+  """A train step; ``method=None`` is plain SGD (the baseline).
+
+  ``method=OPTAX_SAM`` is Optax's own SAM in opaque mode with the registry's
+  ``rho``: the outer optimizer runs on the gradient at the ascended point.
+  """
   tx = optimizer()
   loss_fn = problem.loss_fn
   if method == PENALIZED_LOSS:
-    loss_fn = gro.igr_modified_loss(loss_fn, 2 * GAMMA,
+    loss_fn = gro.igr_modified_loss(loss_fn, 2 * hyper("forward")["gamma"],
                                     has_aux=problem.has_aux)
+  elif method == OPTAX_SAM:
+    adversary = optax.chain(optax.contrib.normalize(),
+                            optax.sgd(hyper("sam")["rho"]))
+    tx = optax.contrib.sam(tx, adversary, sync_period=2, opaque_mode=True)
   elif method is not None:
     tx = optax.chain(transformation(problem, method, every_k, reuse), tx)
 
   def step(params, opt_state, model_state, x, y):
     batch = problem.batch(model_state, x, y)
     loss, g, new_state = _own_gradient(problem, params, batch, loss_fn)
-    updates, opt_state = tx.update(g, opt_state, params, batch=batch)
+    extra = {"batch": batch}
+    if method == OPTAX_SAM:
+      extra = {"grad_fn": lambda p, _: _own_gradient(problem, p, batch)[1]}
+    updates, opt_state = tx.update(g, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state, new_state, loss
 
   return tx, step
 
 
+HAND_METHODS = LIBRARY_METHODS + ("single_pass",)
+
+
 def hand_step(problem: Problem, method: str):
   """The shortest step for ``method`` written directly in JAX.
 
-  The reference the library's steps are timed against: no state, checks,
-  schedules or exact-limit selects, just the mathematics.
+  The reference the library's steps are measured against: no state, checks,
+  schedules, metrics or exact-limit selects, just the mathematics, with the
+  registry's hyperparameters. ``"double_backprop"`` forms ``grad <grad L,
+  g>`` with the caller's ``g`` held fixed, as the library does;
+  ``"single_pass"`` is classical double backpropagation, the gradient of
+  ``L + (gamma/2)||grad L||^2`` in one pass instead of the caller's gradient.
   """
   tx = optimizer()
+  h = hyper("forward" if method == "single_pass" else method)
   loss_only = ((lambda p, b: problem.loss_fn(p, b)[0]) if problem.has_aux
                else problem.loss_fn)
   sq_norm = lambda t: sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(t))
@@ -192,32 +208,44 @@ def hand_step(problem: Problem, method: str):
   def regularized(params, batch, g):
     grad = lambda p: jax.grad(loss_only)(p, batch)
     if method in ("forward", "backward"):
-      eps = EPS if method == "forward" else -EPS
+      eps = h["eps"] if method == "forward" else -h["eps"]
       g1 = grad(jax.tree.map(lambda p, v: p + eps * v, params, g))
-      return jax.tree.map(lambda v, v1: v + (GAMMA / eps) * (v1 - v), g, g1)
+      return jax.tree.map(lambda v, v1: v + (h["gamma"] / eps) * (v1 - v),
+                          g, g1)
     if method == "central":
-      gp = grad(jax.tree.map(lambda p, v: p + EPS * v, params, g))
-      gm = grad(jax.tree.map(lambda p, v: p - EPS * v, params, g))
-      return jax.tree.map(lambda v, a, b: v + GAMMA / (2 * EPS) * (a - b),
-                          g, gp, gm)
+      gp = grad(jax.tree.map(lambda p, v: p + h["eps"] * v, params, g))
+      gm = grad(jax.tree.map(lambda p, v: p - h["eps"] * v, params, g))
+      return jax.tree.map(
+          lambda v, a, b: v + h["gamma"] / (2 * h["eps"]) * (a - b), g, gp, gm)
     if method == "jvp":
       hg = jax.jvp(grad, (params,), (g,))[1]
-      return jax.tree.map(lambda v, h: v + GAMMA * h, g, hg)
+      return jax.tree.map(lambda v, x: v + h["gamma"] * x, g, hg)
+    if method == "double_backprop":
+      inner = lambda p: sum(jnp.sum(a * b) for a, b in zip(
+          jax.tree.leaves(grad(p)), jax.tree.leaves(g)))
+      hg = jax.grad(inner)(params)
+      return jax.tree.map(lambda v, x: v + h["gamma"] * x, g, hg)
     if method in ("sam", "gradient_norm_penalty"):
-      r = RHO if method == "sam" else GNP_R
+      r = h["rho"] if method == "sam" else h["r"]
       scale = r / jnp.sqrt(sq_norm(g))
       g1 = grad(jax.tree.map(lambda p, v: p + scale * v, params, g))
       if method == "sam":
         return g1
-      return jax.tree.map(lambda v, v1: (1 - GNP_ALPHA) * v + GNP_ALPHA * v1,
+      return jax.tree.map(lambda v, v1: (1 - h["alpha"]) * v + h["alpha"] * v1,
                           g, g1)
+    if method == "asam":
+      t = jax.tree.map(
+          lambda p: jnp.abs(p) + h["adaptive_eta"] if p.ndim > 1
+          else jnp.ones_like(p), params)
+      tg = jax.tree.map(jnp.multiply, t, g)
+      scale = h["rho"] / jnp.sqrt(sq_norm(tg))
+      return grad(jax.tree.map(lambda p, a, b: p + scale * a * b,
+                               params, t, tg))
     raise ValueError(method)
 
   def step(params, opt_state, model_state, x, y):
     batch = problem.batch(model_state, x, y)
-    if method == "double_backprop":
-      # Classical double backpropagation: the gradient of
-      # L + (gamma/2) ||grad L||^2 in one reverse pass over the backward pass.
+    if method == "single_pass":
       def penalized(p):
         if problem.has_aux:
           (loss, new_state), g = jax.value_and_grad(
@@ -225,7 +253,7 @@ def hand_step(problem: Problem, method: str):
         else:
           loss, g = jax.value_and_grad(problem.loss_fn)(p, batch)
           new_state = {}
-        return loss + 0.5 * GAMMA * sq_norm(g), (loss, new_state)
+        return loss + 0.5 * h["gamma"] * sq_norm(g), (loss, new_state)
       u, (loss, new_state) = jax.grad(penalized, has_aux=True)(params)
     else:
       loss, g, new_state = _own_gradient(problem, params, batch)

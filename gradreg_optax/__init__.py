@@ -4,30 +4,57 @@ Every method takes the loss function, returns an
 ``optax.GradientTransformationExtraArgs`` that maps the plain gradient to the
 regularized one, and reads the data for its extra gradient evaluations from
 the ``batch`` extra argument of ``update``.
+
+The package, room by room (data flows down this list, never up):
+
+* the core: ``_numerics`` (safe norms), ``_core`` (the perturbed gradient and
+  the Hessian-vector products), ``_transform`` (one method made into an
+  ``init``/``update`` pair: state, metrics, masks, devices, exact limits);
+* the named methods: ``perturbed`` (:func:`perturbed_gradient`),
+  ``regularization`` (:func:`gradient_regularization`), ``sam``
+  (:func:`sam`, :func:`gradient_norm_penalty`), ``losses`` (flooding, IGR);
+* the wrappers and adapters: ``amortized`` (:func:`amortized`),
+  ``flax_utils`` (:func:`nnx_step`, :func:`apply_gradients`);
+* the registry of every method by name: ``registry`` (:data:`METHODS`);
+* the analysis tools: ``cost``, ``flatness``, ``dln``; and ``experiments``,
+  the command-line recipes built on all of the above.
 """
 
 from gradreg_optax import cost
 from gradreg_optax import dln
 from gradreg_optax import flatness
-from gradreg_optax._base import RegularizerState
+from gradreg_optax._transform import Metrics
+from gradreg_optax._transform import RegularizerState
+from gradreg_optax._transform import metrics
+from gradreg_optax.amortized import AmortizedState
+from gradreg_optax.amortized import amortized
+from gradreg_optax.amortized import needs_recompute
 from gradreg_optax.flax_utils import apply_gradients
 from gradreg_optax.flax_utils import nnx_loss
+from gradreg_optax.flax_utils import nnx_step
 from gradreg_optax.losses import flooding
 from gradreg_optax.losses import igr_modified_loss
 from gradreg_optax.losses import igr_rate
 from gradreg_optax.losses import igr_regularizer
 from gradreg_optax.perturbed import perturbed_gradient
 from gradreg_optax.perturbed import weight_matrices
-from gradreg_optax.regularization import METHODS
+from gradreg_optax.registry import METHODS
+from gradreg_optax.registry import Method
+from gradreg_optax.registry import Regularized
 from gradreg_optax.regularization import gradient_regularization
 from gradreg_optax.sam import gradient_norm_penalty
 from gradreg_optax.sam import sam
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "METHODS",
+    "AmortizedState",
+    "Method",
+    "Metrics",
+    "Regularized",
     "RegularizerState",
+    "amortized",
     "apply_gradients",
     "cost",
     "dln",
@@ -38,7 +65,10 @@ __all__ = (
     "igr_modified_loss",
     "igr_rate",
     "igr_regularizer",
+    "metrics",
+    "needs_recompute",
     "nnx_loss",
+    "nnx_step",
     "perturbed_gradient",
     "sam",
     "weight_matrices",

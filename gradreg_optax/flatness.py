@@ -14,17 +14,20 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from gradreg_optax import _core
+from gradreg_optax._numerics import global_norm
+
 LossFn = Callable[..., jax.Array]
 
 
 def _hvp_flat(loss_fn: LossFn, params: Any, batch: Any):
   flat, unravel = ravel_pytree(params)
-  grad = lambda f: ravel_pytree(jax.grad(loss_fn)(unravel(f), batch))[0]
 
-  def hvp(v):
-    return jax.jvp(grad, (flat,), (v.astype(flat.dtype),))[1]
+  def product(v):
+    return ravel_pytree(hvp(loss_fn, params, batch,
+                            unravel(v.astype(flat.dtype))))[0]
 
-  return flat, hvp
+  return flat, product
 
 
 def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
@@ -46,8 +49,12 @@ def hvp(loss_fn: LossFn, params: Any, batch: Any, v: Any) -> Any:
     >>> flatness.hvp(loss, jnp.ones(2), jnp.array([1.0, 3.0]), jnp.ones(2))
     Array([2., 6.], dtype=float32)
   """
-  grad = lambda p: jax.grad(loss_fn)(p, batch)
-  return jax.jvp(grad, (params,), (v,))[1]
+  leaves, treedef = jax.tree.flatten(params)
+  value_and_grad = jax.value_and_grad(
+      lambda x: loss_fn(treedef.unflatten(x), batch))
+  hv, _ = _core.hessian_vector_product(
+      value_and_grad, leaves, treedef.flatten_up_to(v), mode="jvp")
+  return treedef.unflatten(hv)
 
 
 def hessian_top_eigenvalue(loss_fn: LossFn, params: Any, batch: Any,
@@ -150,8 +157,7 @@ def gradient_norm_sq(loss_fn: LossFn, params: Any, batch: Any) -> jax.Array:
     >>> flatness.gradient_norm_sq(loss, jnp.ones(2), jnp.array([1.0, 2.0]))
     Array(20., dtype=float32)
   """
-  g = jax.grad(loss_fn)(params, batch)
-  return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g))
+  return jnp.square(global_norm(jax.grad(loss_fn)(params, batch)))
 
 
 def noise_sensitivity(loss_fn: LossFn, params: Any, batch: Any,

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradreg_optax import _base
-from gradreg_optax._base import LossFn
+from gradreg_optax import _checks
+from gradreg_optax._numerics import tree_vdot
+from gradreg_optax._transform import LossFn
 
 
 def flooding(loss_fn: LossFn, b: float, *, has_aux: bool = False) -> LossFn:
@@ -44,8 +45,10 @@ def flooding(loss_fn: LossFn, b: float, *, has_aux: bool = False) -> LossFn:
     >>> flooded(jnp.array(0.0), jnp.array(0.5))  # 0.25 is below 0.5
     Array(0.75, dtype=float32)
   """
-  _base.check_callable("loss_fn", loss_fn)
-  _base.check_hyperparameter("b", b, positive=False)
+  where = "gradreg_optax.flooding"
+  _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, ...)")
+  b = _checks.hyperparameter(where, "b", b)
+  _checks.bool_arg(where, "has_aux", has_aux)
 
   def flooded(params: Any, *args: Any, **kwargs: Any) -> Any:
     out = loss_fn(params, *args, **kwargs)
@@ -76,11 +79,13 @@ def igr_rate(learning_rate: float, num_params: int | optax.Params) -> float:
     >>> gro.igr_rate(0.1, 1000)
     25.0
   """
-  _base.check_hyperparameter("learning_rate", learning_rate, positive=True)
+  where = "gradreg_optax.igr_rate"
+  learning_rate = _checks.hyperparameter(where, "learning_rate",
+                                         learning_rate, sign="> 0")
   if not isinstance(num_params, int):
     num_params = int(sum(jnp.size(x) for x in jax.tree.leaves(num_params)))
   if num_params < 1:
-    raise ValueError(f"`num_params` must be >= 1, got {num_params}.")
+    raise ValueError(f"{where}: `num_params` must be >= 1, got {num_params}.")
   return learning_rate * num_params / 4
 
 
@@ -95,13 +100,14 @@ def igr_regularizer(loss_fn: LossFn, *, has_aux: bool = False
     >>> r_ig(jnp.array([1.0, 1.0]), jnp.array([1.0, 2.0]))  # (2^2 + 4^2) / 2
     Array(10., dtype=float32)
   """
-  _base.check_callable("loss_fn", loss_fn)
+  _checks.callable_arg("gradreg_optax.igr_regularizer", "loss_fn", loss_fn,
+                       "loss_fn(params, ...)")
   grad = jax.grad(loss_fn, has_aux=has_aux)
 
   def r_ig(params: Any, *args: Any, **kwargs: Any) -> jax.Array:
     g = grad(params, *args, **kwargs)
     g = g[0] if has_aux else g
-    return _base.tree_sq_norm(g) / optax.tree.size(g)
+    return tree_vdot(g, g) / optax.tree.size(g)
 
   return r_ig
 
@@ -134,13 +140,14 @@ def igr_modified_loss(loss_fn: LossFn, learning_rate: float, *,
     >>> modified(jnp.array([1.0, 2.0]))  # 5 + 0.025 * (2^2 + 4^2)
     Array(5.5, dtype=float32)
   """
-  _base.check_callable("loss_fn", loss_fn)
-  _base.check_hyperparameter("learning_rate", learning_rate, positive=False)
+  where = "gradreg_optax.igr_modified_loss"
+  _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, ...)")
+  learning_rate = _checks.hyperparameter(where, "learning_rate", learning_rate)
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def modified(params: Any, *args: Any, **kwargs: Any) -> Any:
     out, g = value_and_grad(params, *args, **kwargs)
-    penalty = learning_rate / 4 * _base.tree_sq_norm(g)
+    penalty = learning_rate / 4 * tree_vdot(g, g)
     if has_aux:
       loss, aux = out
       return loss + penalty, aux

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optax
 
-from gradreg_optax import _base
-from gradreg_optax._base import LossFn, ScalarOrSchedule
-from gradreg_optax.perturbed import MaskOrFn, perturbed_gradient, weight_matrices
+from gradreg_optax import _checks
+from gradreg_optax import perturbed
+from gradreg_optax._transform import LossFn, MaskOrFn, ScalarOrSchedule
+from gradreg_optax.perturbed import weight_matrices
 
 
 def gradient_norm_penalty(
@@ -15,10 +16,9 @@ def gradient_norm_penalty(
     r: ScalarOrSchedule = 0.1,
     *,
     has_aux: bool = False,
+    mask: MaskOrFn | None = None,
     axis_name: str | None = None,
     per_device_perturbation: bool = False,
-    every_k: int = 1,
-    reuse: str = "correction",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient of ``L + lambda ||grad L||`` by one extra gradient.
 
@@ -39,7 +39,7 @@ def gradient_norm_penalty(
     loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).
     alpha: mixing weight ``lambda / r``, ``>= 0`` (number or schedule).
     r: radius of the normalized displacement, ``>= 0``.
-    has_aux, axis_name, per_device_perturbation, every_k, reuse: as in
+    has_aux, mask, axis_name, per_device_perturbation: as in
       :func:`gradreg_optax.perturbed_gradient`.
 
   Returns:
@@ -54,12 +54,14 @@ def gradient_norm_penalty(
     >>> grads = jax.grad(loss_fn)(params, batch)
     >>> updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
   """
-  _base.check_hyperparameter("alpha", alpha, positive=False)
-  _base.check_hyperparameter("r", r, positive=False)
-  return perturbed_gradient(
-      loss_fn, [r], [alpha], normalize=True, has_aux=has_aux,
-      axis_name=axis_name, per_device_perturbation=per_device_perturbation,
-      every_k=every_k, reuse=reuse)
+  where = "gradreg_optax.gradient_norm_penalty"
+  alpha = _checks.hyperparameter(where, "alpha", alpha)
+  r = _checks.hyperparameter(where, "r", r)
+  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
+                 per_device_perturbation=per_device_perturbation)
+  _checks.transformation_options(where, loss_fn, **options)
+  return perturbed.build(where, loss_fn, perturbed.Displacements((r,), (alpha,)),
+                         normalize=True, **options)
 
 
 def sam(
@@ -71,10 +73,9 @@ def sam(
     adaptive_eta: float = 0.01,
     adaptive_mask: MaskOrFn = weight_matrices,
     has_aux: bool = False,
+    mask: MaskOrFn | None = None,
     axis_name: str | None = None,
     per_device_perturbation: bool = False,
-    every_k: int = 1,
-    reuse: str = "correction",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-aware minimization: the gradient at the ascended point.
 
@@ -92,17 +93,22 @@ def sam(
   on the leaves selected by ``adaptive_mask`` (default: weight matrices and
   kernels, not biases or normalization parameters) and 1 elsewhere; ASAM
   typically uses a larger ``rho`` (0.5 to 2). ``rho = 0`` gives the incoming
-  gradient bit for bit, and a zero gradient is not perturbed (no NaN).
+  gradient bit for bit, and a zero gradient is not perturbed (no NaN). The
+  incoming gradient is not kept once the ascended point is formed, so a step
+  needs no more memory than a hand-written SAM step.
 
   This is the "opaque" SAM of ``optax.contrib.sam(..., opaque_mode=True)``:
   one step of the base optimizer per call, at twice the cost of a gradient.
+  The step's :class:`~gradreg_optax.Metrics` hold the loss at the ascended
+  point and, given ``value=loss`` in ``update``, the sharpness
+  ``L(theta + rho d) - L(theta)``.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).
     rho: radius of the ascent step, ``>= 0`` (number or schedule).
     normalize: divide the ascent direction by its norm (standard SAM).
     adaptive, adaptive_eta, adaptive_mask: ASAM (see above).
-    has_aux, axis_name, per_device_perturbation, every_k, reuse: as in
+    has_aux, mask, axis_name, per_device_perturbation: as in
       :func:`gradreg_optax.perturbed_gradient`.
 
   Returns:
@@ -114,12 +120,23 @@ def sam(
     >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
     >>> params, batch = jnp.array([1.0, -2.0]), jnp.array([1.0, 3.0])
     >>> tx = optax.chain(gro.sam(loss_fn, rho=0.05), optax.sgd(0.1))
-    >>> grads = jax.grad(loss_fn)(params, batch)
-    >>> updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
+    >>> loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    >>> updates, state = tx.update(grads, tx.init(params), params,
+    ...                            batch=batch, value=loss)
+    >>> float(gro.metrics(state).sharpness) > 0
+    True
   """
-  _base.check_hyperparameter("rho", rho, positive=False)
-  return perturbed_gradient(
-      loss_fn, [rho], [1.0], normalize=normalize, adaptive=adaptive,
-      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, has_aux=has_aux,
-      axis_name=axis_name, per_device_perturbation=per_device_perturbation,
-      every_k=every_k, reuse=reuse)
+  where = "gradreg_optax.sam"
+  rho = _checks.hyperparameter(where, "rho", rho)
+  _checks.bool_arg(where, "normalize", normalize)
+  _checks.bool_arg(where, "adaptive", adaptive)
+  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
+                 per_device_perturbation=per_device_perturbation)
+  _checks.transformation_options(where, loss_fn, **options)
+  adaptive_options = None
+  if adaptive:
+    adaptive_options = perturbed.Adaptive(
+        perturbed.check_adaptive_eta(where, adaptive_eta), adaptive_mask)
+  return perturbed.build(where, loss_fn, perturbed.Displacements((rho,), (1.0,)),
+                         normalize=normalize, adaptive=adaptive_options,
+                         **options)

@@ -1,0 +1,429 @@
+"""One method's mathematics made into an Optax gradient transformation.
+
+:func:`regularizer` turns a :class:`Rule` (what a method computes from the
+gradient, given its hyperparameters) into an ``init``/``update`` pair. It
+owns what every method shares: the state and its metrics, the loss read from
+the extra arguments, the selection of regularized parameters (``mask``),
+averaging over devices, and the exact limits. The steps of ``update`` are the
+small functions below, in the order they run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradreg_optax import _core
+from gradreg_optax._numerics import global_norm, wide, wide_dtype
+
+Array = jax.Array
+Scalar = Union[float, int, Array]
+ScalarOrSchedule = Union[Scalar, optax.Schedule]
+LossFn = Callable[..., Any]
+MaskOrFn = Any  # a pytree of bools like the parameters, or a callable of them
+
+# The extra argument with which `amortized` asks a transformation to advance
+# its state without evaluating anything (its output is then the plain
+# gradient).
+ADVANCE_ONLY = "_gradreg_optax_advance_only"
+
+
+class Metrics(NamedTuple):
+  """What a step measured, at no extra gradient evaluation.
+
+  Read them with :func:`gradreg_optax.metrics` or
+  ``optax.tree_utils.tree_get(opt_state, "sharpness")``. A value the step
+  did not measure is NaN.
+
+  Attributes:
+    loss: ``L(theta)``: the ``value`` extra argument of ``update`` (Optax's
+      convention: ``tx.update(grads, state, params, batch=batch,
+      value=loss)``), or for the exact methods the loss they evaluate.
+    perturbed_loss: the loss at the displaced point ``theta + r d`` (the mean
+      over both points of the central difference); kept from the last
+      recomputation on the reused steps of :func:`gradreg_optax.amortized`.
+    sharpness: ``perturbed_loss - loss``, SAM's sharpness estimate.
+    grad_norm: ``||g||`` over the regularized parameters (averaged over
+      devices where ``axis_name`` is given).
+    penalty: ``(1/2) ||g||^2``, the penalty of gradient regularization
+      (without its factor ``gamma``).
+  """
+
+  loss: Array
+  perturbed_loss: Array
+  sharpness: Array
+  grad_norm: Array
+  penalty: Array
+
+
+class RegularizerState(NamedTuple):
+  """State of every transformation of this package.
+
+  Attributes:
+    count: number of ``update`` calls so far (drives the schedules).
+    metrics: the :class:`Metrics` of the last step.
+  """
+
+  count: Array
+  metrics: Metrics
+
+
+class Selection(NamedTuple):
+  """The parameters, flattened, and which leaves are regularized."""
+
+  params: Any
+  treedef: Any
+  selected: tuple[bool, ...]
+
+  def leaves(self, tree: Any) -> list[Any]:
+    """The regularized leaves of a tree shaped like the parameters."""
+    return [x for x, s in zip(self.treedef.flatten_up_to(tree), self.selected)
+            if s]
+
+
+class Rule(NamedTuple):
+  """A method's mathematics.
+
+  Attributes:
+    hyperparameters: a pytree of numbers and schedules of the step count.
+    is_off: of the hyperparameters at this step: whether the method is then
+      the plain gradient (a Python bool where that is known when tracing).
+    apply: ``apply(value_and_grad, selection, g, hyperparameters)`` returns
+      ``(u, perturbed_loss, loss)``: the regularized gradient of the selected
+      leaves (float32 or wider), the mean loss at the displaced points and
+      the loss at ``theta`` (each ``None`` where not evaluated).
+  """
+
+  hyperparameters: Any
+  is_off: Callable[[Any], Union[bool, Array]]
+  apply: Callable[..., tuple[list[Array], Any, Any]]
+
+
+def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
+                mask: MaskOrFn | None, axis_name: str | None,
+                per_device_perturbation: bool
+                ) -> optax.GradientTransformationExtraArgs:
+  """The transformation ``g -> rule(g)`` (arguments checked by the caller).
+
+  Args:
+    where: the public function the user called, named in every error.
+    loss_fn: ``loss_fn(params, batch)``, or ``(loss, aux)`` with ``has_aux``.
+    rule: the method.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    mask: which parameters are regularized (``None``: all).
+    axis_name: ``pmap``/``shard_map`` axis to average over, or ``None``.
+    per_device_perturbation: displace along each device's own gradient.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+
+  def init_fn(params: optax.Params) -> RegularizerState:
+    nan = jnp.full([], jnp.nan, wide_dtype(params))
+    return RegularizerState(jnp.zeros([], jnp.int32), Metrics(*[nan] * 5))
+
+  def update_fn(updates: optax.Updates, state: RegularizerState,
+                params: optax.Params | None = None, **extra_args: Any
+                ) -> tuple[optax.Updates, RegularizerState]:
+    if params is None:
+      raise ValueError(f"{where}: `update` needs `params`, the point where "
+                       "`updates` is the gradient.")
+    _reject_masked_nodes(where, updates, params)
+    selection = _select(where, mask, params)
+    value_and_grad = _value_and_grad(
+        where, _resolve_loss(where, loss_fn, extra_args), selection, has_aux)
+    if axis_name is not None:
+      _check_not_reduced(where, axis_name, updates, extra_args.get("batch"))
+    incoming = selection.leaves(updates)
+    g = [wide(x) for x in incoming]
+    if not per_device_perturbation:
+      g = _pmean(g, axis_name)
+    hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
+                         rule.hyperparameters)
+    off = rule.is_off(hyper)
+    perturbed, theta_loss = None, None
+    if extra_args.get(ADVANCE_ONLY) or off is True:
+      u = None
+    else:
+      u, perturbed, theta_loss = rule.apply(value_and_grad, selection, g, hyper)
+      u = _pmean(u, axis_name)
+    plain = _plain_gradient(incoming, g, axis_name, per_device_perturbation)
+    if u is None:
+      out = plain
+    elif off is False:
+      out = [x.astype(p.dtype) for x, p in zip(u, plain)]
+    else:  # known only on the device: hand back `plain` itself where off
+      out = [jnp.where(off, p, x.astype(p.dtype)) for x, p in zip(u, plain)]
+    metrics = _metrics(where, state.metrics, extra_args, g, perturbed,
+                       theta_loss, axis_name,
+                       keep=bool(extra_args.get(ADVANCE_ONLY)))
+    return (_merge(selection, updates, out, axis_name),
+            RegularizerState(optax.safe_increment(state.count), metrics))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _reject_masked_nodes(where: str, updates: Any, params: Any) -> None:
+  is_node = lambda x: isinstance(x, optax.MaskedNode)
+  if any(is_node(x) for x in jax.tree.leaves((updates, params),
+                                             is_leaf=is_node)):
+    raise ValueError(
+        f"{where}: received optax.MaskedNode placeholders: inside "
+        "optax.masked or optax.multi_transform the loss cannot see the "
+        "parameters that are masked out. Put this transformation outside "
+        "the mask and choose the regularized parameters with its own `mask=` "
+        "argument (a pytree of bools like the parameters, or a callable of "
+        "them).")
+
+
+def _select(where: str, mask: MaskOrFn | None, params: Any) -> Selection:
+  leaves, treedef = jax.tree.flatten(params)
+  if mask is None:
+    selected = (True,) * len(leaves)
+  else:
+    tree = mask(params) if callable(mask) else mask
+    try:
+      # A mask may be a prefix of the parameters: one bool for a subtree.
+      full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
+                          tree, params)
+      selected = tuple(treedef.flatten_up_to(full))
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{where}: `mask` must have the structure of the "
+                       f"parameters (or a prefix of it): {e}") from None
+    if not all(isinstance(s, bool) or (hasattr(s, "dtype") and jnp.ndim(s)
+                                       == 0 and not isinstance(
+                                           s, jax.core.Tracer))
+               for s in selected):
+      raise TypeError(f"{where}: `mask` must hold Python bools (known when "
+                      "tracing), e.g. from shapes or names of the "
+                      "parameters, not arrays computed from their values.")
+    selected = tuple(bool(s) for s in selected)
+  paths = [jax.tree_util.keystr(p)
+           for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for path, leaf, s in zip(paths, leaves, selected):
+    if s and not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      raise TypeError(
+          f"{where}: parameter {path or 'params'} has dtype "
+          f"{jnp.result_type(leaf)}; only floating-point parameters can be "
+          "regularized. Leave it out with `mask=`, e.g. mask=lambda p: "
+          "jax.tree.map(lambda x: jnp.issubdtype(x.dtype, jnp.floating), p).")
+  return Selection(params, treedef, selected)
+
+
+def _resolve_loss(where: str, loss_fn: LossFn, extra_args: dict[str, Any]
+                  ) -> tuple[Callable[[Any], Any], bool]:
+  """The loss as a function of the parameters, and whether it is the
+  construction-time ``loss_fn`` (as opposed to an update-time closure).
+
+  An update-time ``loss_fn=`` closure of the parameters wins over
+  ``batch=``: it is the more specific of the two.
+  """
+  closure = extra_args.get("loss_fn")
+  if closure is not None:
+    if not callable(closure):
+      raise TypeError(f"{where}: the `loss_fn` extra argument must be a "
+                      f"callable of the parameters, got {closure!r}.")
+    return closure, False
+  if "batch" not in extra_args:
+    raise ValueError(
+        f"{where}: `update` needs the data for the extra gradient "
+        "evaluations: call `tx.update(grads, state, params, batch=batch)` "
+        "(the loss is evaluated as `loss_fn(params, batch)`), or pass "
+        "`loss_fn=` a closure of the parameters alone.")
+  batch = extra_args["batch"]
+  return (lambda p: loss_fn(p, batch)), True
+
+
+def _value_and_grad(where: str, resolved: tuple[Callable[[Any], Any], bool],
+                    selection: Selection, has_aux: bool) -> _core.ValueAndGrad:
+  """The loss and its gradient in the regularized leaves, the others fixed.
+
+  The loss's auxiliary output is dropped: that is what keeps, for instance,
+  BatchNorm statistics from being updated by the extra evaluations.
+  """
+  loss, from_batch = resolved
+  all_leaves = selection.treedef.flatten_up_to(selection.params)
+
+  def scalar_loss(selected_leaves):
+    it = iter(selected_leaves)
+    leaves = [next(it) if s else x
+              for x, s in zip(all_leaves, selection.selected)]
+    params = selection.treedef.unflatten(leaves)
+    try:
+      out = loss(params)
+    except Exception as e:  # pylint: disable=broad-except
+      if from_batch and _is_nnx_state(params):
+        raise TypeError(
+            f"{where}: `loss_fn` failed on the parameters that "
+            "nnx.Optimizer passes (an nnx.State, not the model). Train an "
+            "NNX model `loss_fn(model, batch)` with "
+            "gradreg_optax.nnx_step(model, optimizer, loss_fn, batch).") from e
+      raise
+    return _scalar(where, out, has_aux)
+
+  return jax.value_and_grad(scalar_loss)
+
+
+def _is_nnx_state(tree: Any) -> bool:
+  kind = type(tree)
+  return kind.__name__ == "State" and kind.__module__.startswith("flax.nnx")
+
+
+def _scalar(where: str, out: Any, has_aux: bool) -> Array:
+  """The loss of ``loss_fn``'s output, checked to be a real scalar."""
+  is_pair = isinstance(out, (tuple, list))
+  if has_aux and not (is_pair and len(out) == 2):
+    raise TypeError(
+        f"{where}: with has_aux=True, `loss_fn` must return a pair (loss, "
+        "aux), but it returned "
+        + (f"a {type(out).__name__} of {len(out)}" if is_pair
+           else "a single value") + "; pass has_aux=False for a loss "
+        "that returns only the loss.")
+  if not has_aux and is_pair:
+    raise TypeError(
+        f"{where}: `loss_fn` returned a {type(out).__name__} of {len(out)}, "
+        "not a scalar loss; for a loss that returns (loss, aux) pass "
+        "has_aux=True.")
+  loss = out[0] if has_aux else out
+  if jnp.shape(loss) != ():
+    raise TypeError(
+        f"{where}: `loss_fn` must return a scalar loss"
+        + (" as the first element of (loss, aux)" if has_aux else "")
+        + f"; it returned an array of shape {jnp.shape(loss)}. Reduce it, "
+        "e.g. with .mean().")
+  if not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
+    raise TypeError(f"{where}: `loss_fn` must return a floating-point loss; "
+                    f"it returned dtype {jnp.result_type(loss)}.")
+  return loss
+
+
+def _pmean(leaves: list[Array], axis_name: str | None) -> list[Array]:
+  return leaves if axis_name is None else jax.lax.pmean(leaves, axis_name)
+
+
+def _plain_gradient(incoming: list[Array], g: list[Array],
+                    axis_name: str | None, per_device_perturbation: bool
+                    ) -> list[Array]:
+  """What the method gives where it is switched off: the incoming gradient
+  itself, bit for bit, or under data parallelism the averaged one."""
+  if axis_name is None:
+    return incoming
+  if per_device_perturbation:
+    return _pmean(incoming, axis_name)
+  return [x.astype(u.dtype) for x, u in zip(g, incoming)]
+
+
+def _merge(selection: Selection, updates: Any, out: list[Array],
+           axis_name: str | None) -> Any:
+  """The output tree: ``out`` on the regularized leaves, the incoming
+  gradient (averaged over devices, with ``axis_name``) on the others."""
+  it = iter(out)
+  leaves = selection.treedef.flatten_up_to(updates)
+  leaves = [next(it) if s else (x if axis_name is None
+                                else jax.lax.pmean(x, axis_name))
+            for x, s in zip(leaves, selection.selected)]
+  return selection.treedef.unflatten(leaves)
+
+
+def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
+             g: list[Array], perturbed: Any, theta_loss: Any,
+             axis_name: str | None, *, keep: bool) -> Metrics:
+  dtype = last.loss.dtype
+  nan = jnp.full([], jnp.nan, dtype)
+  value = extra_args.get("value")
+  if value is not None:
+    if jnp.shape(value) != ():
+      raise ValueError(f"{where}: the `value` extra argument must be the "
+                       f"scalar loss at `params`, got shape "
+                       f"{jnp.shape(value)}.")
+    theta_loss = jnp.asarray(value)
+  loss = (nan if theta_loss is None
+          else _pmean([theta_loss.astype(dtype)], axis_name)[0])
+  if keep:
+    perturbed, sharpness = last.perturbed_loss, last.sharpness
+  else:
+    perturbed = (nan if perturbed is None
+                 else _pmean([perturbed.astype(dtype)], axis_name)[0])
+    sharpness = perturbed - loss
+  norm = global_norm(g).astype(dtype)
+  return Metrics(loss, perturbed, sharpness, norm, 0.5 * jnp.square(norm))
+
+
+def _varying_axes(x: Any) -> frozenset:
+  """Mesh axes over which ``x`` varies inside ``shard_map(check_vma=True)``."""
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None:  # a JAX without varying-axis types: nothing to detect
+    return frozenset()
+  aval = typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def _check_not_reduced(where: str, axis_name: str, updates: Any, batch: Any
+                       ) -> None:
+  """Rejects gradients that autodiff has already summed over ``axis_name``.
+
+  Under ``shard_map(check_vma=True)`` (the default) the gradient with respect
+  to replicated parameters of a loss of a device-varying batch is summed over
+  the axis by autodiff itself; averaging it again would silently scale the
+  gradient and every displacement by the number of devices.
+  """
+  batch_varies = any(axis_name in _varying_axes(x)
+                     for x in jax.tree.leaves(batch))
+  updates_vary = any(axis_name in _varying_axes(x)
+                     for x in jax.tree.leaves(updates))
+  if batch_varies and not updates_vary:
+    raise ValueError(
+        f"{where}: the gradient is already reduced over axis {axis_name!r}: "
+        "under shard_map with check_vma=True, jax.grad with respect to "
+        "replicated parameters sums over the axis. Use "
+        "shard_map(..., check_vma=False) (or pmap) with axis_name, or drop "
+        "axis_name and divide the loss by the number of devices.")
+
+
+def all_zero(values: Any) -> Union[bool, Array]:
+  """Whether every value is 0: a Python bool where all are known numbers."""
+  values = jax.tree.leaves(values)
+  if all(isinstance(v, (int, float)) for v in values):
+    return all(v == 0 for v in values)
+  return jnp.all(jnp.stack([jnp.asarray(v) == 0 for v in values]))
+
+
+def metrics(opt_state: optax.OptState) -> Metrics:
+  """The :class:`Metrics` of the last step, from anywhere in a chain's state.
+
+  Args:
+    opt_state: the state of an optimizer holding one transformation of this
+      package (in a chain, inside ``optax.inject_hyperparams``,
+      ``amortized``, ``nnx.Optimizer.opt_state``, ...).
+
+  Returns:
+    Its :class:`Metrics` (arrays; NaN where the step measured nothing).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import gradreg_optax as gro
+    >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
+    >>> params, batch = jnp.array([1.0, -2.0]), jnp.array([1.0, 3.0])
+    >>> tx = optax.chain(gro.sam(loss_fn, rho=0.05), optax.sgd(0.1))
+    >>> loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    >>> _, state = tx.update(grads, tx.init(params), params, batch=batch,
+    ...                      value=loss)
+    >>> m = gro.metrics(state)
+    >>> bool(m.perturbed_loss > m.loss)
+    True
+  """
+  found = [s.metrics for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, RegularizerState))
+           if isinstance(s, RegularizerState)]
+  if len(found) != 1:
+    raise ValueError("gradreg_optax.metrics: `opt_state` must hold exactly "
+                     "one transformation of gradreg_optax, found "
+                     f"{len(found)}.")
+  # `x[...]` reads arrays and, in an nnx.Optimizer's state, their variables.
+  return Metrics(*(x[...] for x in found[0]))
