@@ -100,13 +100,14 @@ def cnn_problem(batch_size: int, input_shape=CIFAR_SHAPE, seed: int = 0
 
 
 def resnet_problem(batch_size: int, width: int = 64, input_shape=CIFAR_SHAPE,
-                   seed: int = 0) -> Problem:
+                   seed: int = 0, stages: tuple[int, ...] = (2, 2, 2, 2)
+                   ) -> Problem:
   """ResNet-18 with BatchNorm in training mode (batch statistics).
 
   The loss returns the new running statistics as auxiliary output; the
   library discards those of its extra evaluations.
   """
-  model = ResNet18(num_classes=NUM_CLASSES, width=width)
+  model = ResNet18(num_classes=NUM_CLASSES, width=width, stages=stages)
   key = jax.random.PRNGKey(seed)
   x, y = synthetic_data(key, batch_size, input_shape)
   variables = model.init(key, x[:2])
@@ -118,6 +119,8 @@ def resnet_problem(batch_size: int, width: int = 64, input_shape=CIFAR_SHAPE,
     return cross_entropy(logits, y), new["batch_stats"]
 
   name = f"resnet18_b{batch_size}" + ("" if width == 64 else f"_w{width}")
+  if stages != (2, 2, 2, 2):
+    name = name.replace("resnet18", "resnet" + "".join(map(str, stages)))
   return Problem(name, loss_fn, True, variables["params"],
                  variables["batch_stats"], x, y)
 

@@ -54,7 +54,10 @@ def global_norm(tree: Any) -> Array:
   threshold = info.minexp // 2 + 3
   small = (info.maxexp - 34 - threshold) // 2
   large = (info.maxexp + 35) // 2
-  scales = (1.0, 2.0 ** small, 2.0 ** -large)
+  # Behind a barrier, so that XLA cannot rewrite (x c)^2 as x^2 c^2, whose
+  # c^2 overflows or underflows.
+  scales = (1.0,) + tuple(jax.lax.optimization_barrier(
+      (jnp.asarray(2.0 ** small, dtype), jnp.asarray(2.0 ** -large, dtype))))
   zero = jnp.zeros([], dtype)
 
   def sums(x):  # one variadic reduction: a single pass over the leaf
@@ -81,3 +84,13 @@ def tree_sum(tree: Any) -> Array:
 def tree_vdot(a: Any, b: Any) -> Array:
   """``<a, b>`` as elementwise products and sums (no dot in the program)."""
   return tree_sum(jax.tree.map(lambda x, y: wide(x) * wide(y), a, b))
+
+
+def sum_of_squares(tree: Any) -> Array:
+  """``sum(x ** 2)`` over every entry, in float32 or wider; differentiable.
+
+  For a penalty that is differentiated (``igr_modified_loss``); a norm to be
+  read is :func:`global_norm`.
+  """
+  return sum((jnp.sum(jnp.square(wide(x))) for x in jax.tree.leaves(tree)),
+             jnp.zeros([], wide_dtype(tree)))

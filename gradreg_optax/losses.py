@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from gradreg_optax import _checks
-from gradreg_optax._numerics import tree_vdot
+from gradreg_optax._numerics import sum_of_squares
 from gradreg_optax._transform import LossFn
 
 
@@ -107,7 +107,7 @@ def igr_regularizer(loss_fn: LossFn, *, has_aux: bool = False
   def r_ig(params: Any, *args: Any, **kwargs: Any) -> jax.Array:
     g = grad(params, *args, **kwargs)
     g = g[0] if has_aux else g
-    return tree_vdot(g, g) / optax.tree.size(g)
+    return sum_of_squares(g) / optax.tree.size(g)
 
   return r_ig
 
@@ -147,7 +147,7 @@ def igr_modified_loss(loss_fn: LossFn, learning_rate: float, *,
 
   def modified(params: Any, *args: Any, **kwargs: Any) -> Any:
     out, g = value_and_grad(params, *args, **kwargs)
-    penalty = learning_rate / 4 * tree_vdot(g, g)
+    penalty = learning_rate / 4 * sum_of_squares(g)
     if has_aux:
       loss, aux = out
       return loss + penalty, aux

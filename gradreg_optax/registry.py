@@ -29,13 +29,14 @@ class Regularized(NamedTuple):
   """A method made ready for a training loop.
 
   Attributes:
-    tx: the transformation to put first in the chain (``optax.identity()``
-      for the methods that only change the loss).
+    tx: the transformation to put first in the chain (the identity, which
+      accepts and ignores extra arguments, for the methods that only change
+      the loss).
     loss_fn: the loss to differentiate (the flooded loss for flooding, else
       the given one).
   """
 
-  tx: optax.GradientTransformation
+  tx: optax.GradientTransformationExtraArgs
   loss_fn: LossFn
 
 
@@ -116,15 +117,18 @@ def _norm_penalty(loss_fn, has_aux, options, alpha, r):
       loss_fn, alpha, r, has_aux=has_aux, **options), loss_fn)
 
 
+def _identity():
+  return optax.with_extra_args_support(optax.identity())
+
+
 def _sgd(loss_fn, has_aux, options):
   del has_aux, options
-  return Regularized(optax.identity(), loss_fn)
+  return Regularized(_identity(), loss_fn)
 
 
 def _flooding(loss_fn, has_aux, options, b):
   del options
-  return Regularized(optax.identity(),
-                     losses.flooding(loss_fn, b, has_aux=has_aux))
+  return Regularized(_identity(), losses.flooding(loss_fn, b, has_aux=has_aux))
 
 
 _FD = {"gamma": 0.05, "eps": 0.1}

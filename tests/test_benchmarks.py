@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "benchmarks"))
 import common  # pylint: disable=wrong-import-position
 
-MLP_METHODS = common.LIBRARY_METHODS + (common.PENALIZED_LOSS,)
+MLP_METHODS = common.LIBRARY_METHODS + (common.PENALIZED_LOSS, common.OPTAX_SAM)
 
 
 def _one_step(problem, tx_and_step):
@@ -44,7 +44,8 @@ def test_library_and_hand_steps_agree_on_an_mlp(method):
 
 @pytest.mark.parametrize("method", ["forward", "jvp", common.PENALIZED_LOSS])
 def test_library_and_hand_steps_agree_on_a_resnet_with_batchnorm(method):
-  problem = common.resnet_problem(4, width=4, input_shape=(8, 8, 3))
+  problem = common.resnet_problem(4, width=4, input_shape=(8, 8, 3),
+                                 stages=(1, 1))
   _agree(problem, method, rtol=1e-4, atol=1e-6)
 
 

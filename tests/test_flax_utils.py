@@ -138,6 +138,142 @@ def test_nnx_optimizer_step_equals_functional_reference(name, batch_norm):
   assert int(optimizer.step[...]) == 2
 
 
+class DropoutMLP(nnx.Module):
+  """An MLP whose Dropout owns its RNG stream (the standard NNX way)."""
+
+  def __init__(self, rngs, batch_norm):
+    self.l1 = nnx.Linear(3, 5, rngs=rngs)
+    self.bn = (nnx.BatchNorm(5, epsilon=BN_EPS, momentum=BN_MOMENTUM,
+                             rngs=rngs) if batch_norm else None)
+    self.dropout = nnx.Dropout(RATE, rngs=rngs)
+    self.l2 = nnx.Linear(5, 2, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.l1(x)
+    if self.bn is not None:
+      h = self.bn(h)
+    return self.l2(self.dropout(jnp.tanh(h)))
+
+
+RATE = 0.5
+
+
+def _dropout_forward(p, x, key, batch_norm):
+  """DropoutMLP on its pure parameter dict, the mask drawn from ``key``."""
+  h = x @ p["l1"]["kernel"] + p["l1"]["bias"]
+  if batch_norm:
+    mean, var = h.mean(0), h.var(0)
+    h = (h - mean) / jnp.sqrt(var + BN_EPS) * p["bn"]["scale"] + p["bn"]["bias"]
+  h = jnp.tanh(h)
+  keep = jax.random.bernoulli(key, 1.0 - RATE, h.shape)
+  h = jnp.where(keep, h / (1.0 - RATE), 0.0)
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+
+def _reference_run(name, start, base_key, batches, batch_norm, same_mask=True):
+  """The functional reference: at step t the mask key is fold_in(key, t),
+  the RNG count of a stream drawn once per step; the extra evaluation uses
+  the same key (or, as a control, the next one)."""
+  params = start
+  out_params = []
+  for t, (x, y) in enumerate(batches):
+    key = jax.random.fold_in(base_key, t)
+    extra_key = key if same_mask else jax.random.fold_in(base_key, t + 1)
+    loss = lambda p, k: jnp.mean((_dropout_forward(p, x, k, batch_norm) - y)
+                                 ** 2)
+    g = jax.grad(loss)(params, key)
+    if name == "forward":
+      shifted = jax.tree.map(lambda p, gi: p + EPS * gi, params, g)
+      u = jax.tree.map(lambda gi, gd: gi + GAMMA / EPS * (gd - gi), g,
+                       jax.grad(loss)(shifted, extra_key))
+    elif name == "sam":
+      norm = optax.tree.norm(g)
+      u = jax.grad(loss)(jax.tree.map(lambda p, gi: p + 0.05 * gi / norm,
+                                      params, g), extra_key)
+    else:  # double_backprop: H g at the caller's mask
+      hg = jax.grad(lambda q: sum(jnp.sum(a * b) for a, b in zip(
+          jax.tree.leaves(jax.grad(loss)(q, extra_key)),
+          jax.tree.leaves(g))))(params)
+      u = jax.tree.map(lambda gi, h: gi + GAMMA * h, g, hg)
+    params = jax.tree.map(lambda p, ui: p - LR * ui, params, u)
+    out_params.append(params)
+  return out_params
+
+
+@pytest.mark.parametrize("name,batch_norm", [
+    ("forward", False), ("sam", False), ("double_backprop", False),
+    ("forward", True), ("sam", True)])
+def test_nnx_step_with_dropout_equals_functional_reference(name, batch_norm):
+  model = DropoutMLP(nnx.Rngs(0), batch_norm)
+  start = _pure(model)
+  (base_key,) = jax.tree.leaves(nnx.state(model, nnx.RngKey))
+  tx = optax.chain(MAKERS[name](nnx_loss_fn), optax.sgd(LR))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  step = nnx.jit(lambda m, o, b: gro.nnx_step(m, o, nnx_loss_fn, b))
+  batches = _batches(3)
+  want = _reference_run(name, start, base_key, batches, batch_norm)
+  control = _reference_run(name, start, base_key, batches, batch_norm,
+                           same_mask=False)
+  stats = {"mean": jnp.zeros(5), "var": jnp.ones(5)}
+  for t, batch in enumerate(batches):
+    if batch_norm:  # one update of the statistics per step
+      h = batch[0] @ _pure(model)["l1"]["kernel"] + _pure(model)["l1"]["bias"]
+      stats = {"mean": BN_MOMENTUM * stats["mean"]
+                       + (1 - BN_MOMENTUM) * h.mean(0),
+               "var": BN_MOMENTUM * stats["var"]
+                      + (1 - BN_MOMENTUM) * h.var(0)}
+    loss = step(model, optimizer, batch)
+    chex.assert_trees_all_close(_pure(model), want[t], rtol=1e-5, atol=1e-6)
+    (count,) = jax.tree.leaves(nnx.state(model, nnx.RngCount))
+    assert int(count) == t + 1  # drawn once per step, by the caller's pass
+    if batch_norm:
+      chex.assert_trees_all_close(_pure(model, nnx.BatchStat)["bn"], stats,
+                                  rtol=1e-5, atol=1e-6)
+  # The returned loss is the caller's pass, and the metrics saw it.
+  m = gro.metrics(optimizer.opt_state)
+  assert float(m.loss) == float(loss)
+  # The comparison can fail: another mask in the extra evaluation differs.
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(want[-1], control[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_step_eager_equals_jitted_and_returns_aux():
+  def loss_with_aux(model, batch):
+    out = model(batch[0])
+    return jnp.mean((out - batch[1]) ** 2), {"mean_output": out.mean()}
+
+  results = []
+  for jit in (False, True):
+    model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+    tx = optax.chain(MAKERS["sam"](loss_with_aux, has_aux=True),
+                     optax.sgd(LR))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    step = lambda m, o, b: gro.nnx_step(m, o, loss_with_aux, b, has_aux=True)
+    step = nnx.jit(step) if jit else step
+    for batch in _batches(2):
+      loss, aux = step(model, optimizer, batch)
+    assert set(aux) == {"mean_output"}
+    results.append(_pure(model))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+def test_nnx_step_rejects_what_is_not_a_model_or_an_optimizer():
+  model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  optimizer = nnx.Optimizer(model, MAKERS["sam"](nnx_loss_fn), wrt=nnx.Param)
+  with pytest.raises(TypeError, match="nnx_step: `model` must be an "
+                     "nnx.Module"):
+    gro.nnx_step(_pure(model), optimizer, nnx_loss_fn, _batches(1)[0])
+  with pytest.raises(TypeError, match="nnx_step: `optimizer` must be an "
+                     "nnx.Optimizer"):
+    gro.nnx_step(model, optax.sgd(0.1), nnx_loss_fn, _batches(1)[0])
+
+
+def test_nnx_loss_refuses_a_model_with_random_state():
+  with pytest.raises(ValueError, match="nnx_loss: the model holds RNG state.*"
+                     "nnx_step"):
+    gro.nnx_loss(nnx_loss_fn, DropoutMLP(nnx.Rngs(0), batch_norm=False))
+
+
 def test_nnx_loss_does_not_mutate_the_live_model():
   model = NnxMLP(nnx.Rngs(0), batch_norm=True)
   loss = gro.nnx_loss(nnx_loss_fn, model)
@@ -223,6 +359,67 @@ def test_linen_train_state_with_batch_norm(name):
   assert int(state.step) == 2
   # Statistics moved from their initial values (the check above is not void).
   assert float(jnp.abs(state.batch_stats["BatchNorm_0"]["mean"]).max()) > 1e-3
+
+
+class LinenDropoutNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    h = jnp.tanh(nn.Dense(5)(x))
+    return nn.Dense(2)(nn.Dropout(RATE, deterministic=False)(h))
+
+
+DROPOUT_NET = LinenDropoutNet()
+
+
+def linen_dropout_loss(params, batch):
+  """The step's dropout key travels in the batch."""
+  out = DROPOUT_NET.apply({"params": params}, batch["x"],
+                          rngs={"dropout": batch["key"]})
+  return jnp.mean((out - batch["y"]) ** 2)
+
+
+@pytest.mark.parametrize("name", ["forward", "sam"])
+def test_linen_dropout_rng_in_the_batch_gives_the_same_masks(name):
+  base_key = jax.random.PRNGKey(7)
+  variables = DROPOUT_NET.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+  state = train_state.TrainState.create(
+      apply_fn=DROPOUT_NET.apply, params=variables["params"],
+      tx=optax.chain(MAKERS[name](linen_dropout_loss), optax.sgd(LR)))
+
+  @jax.jit
+  def step(state, x, y):
+    batch = {"x": x, "y": y, "key": jax.random.fold_in(base_key, state.step)}
+    loss, grads = jax.value_and_grad(linen_dropout_loss)(state.params, batch)
+    return gro.apply_gradients(state, grads, batch=batch, value=loss)
+
+  params = control = variables["params"]
+  for t, (x, y) in enumerate(_batches(2)):
+    # Reference: the formula on the loss of this step's key, for both the
+    # caller's gradient and the extra one (the control draws the extra
+    # evaluation's mask from another key).
+    key = jax.random.fold_in(base_key, t)
+    loss = lambda p, k: linen_dropout_loss(p, {"x": x, "y": y, "key": k})
+
+    def update(p, extra_key):
+      g = jax.grad(loss)(p, key)
+      if name == "forward":
+        shifted = jax.tree.map(lambda q, gi: q + EPS * gi, p, g)
+        u = jax.tree.map(lambda gi, gd: gi + GAMMA / EPS * (gd - gi), g,
+                         jax.grad(loss)(shifted, extra_key))
+      else:
+        norm = optax.tree.norm(g)
+        u = jax.grad(loss)(jax.tree.map(lambda q, gi: q + 0.05 * gi / norm,
+                                        p, g), extra_key)
+      return jax.tree.map(lambda q, ui: q - LR * ui, p, u)
+
+    params = update(params, key)
+    control = update(control, jax.random.fold_in(base_key, t + 100))
+    state = step(state, x, y)
+    chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(control, params, rtol=1e-5, atol=1e-6)
+  assert float(gro.metrics(state.opt_state).loss) > 0
 
 
 def test_flax_apply_gradients_without_batch_names_the_problem():

@@ -1,5 +1,5 @@
 """The transformations as Optax citizens: extra arguments, chains, wrappers,
-jit, bad input, exact limits, amortization."""
+jit, bad input, exact limits."""
 
 import inspect
 
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import gradreg_optax as gro
-from _models import MAKERS, mlp_batch, mlp_loss, mlp_params
+from _models import GR_METHODS, MAKERS, mlp_batch, mlp_loss, mlp_params
 
 PARAMS = mlp_params(jax.random.PRNGKey(0))
 BATCH = mlp_batch(jax.random.PRNGKey(1))
@@ -85,19 +85,6 @@ def test_jitted_step_is_traced_once(name):
     params, state = step(params, state, mlp_batch(jax.random.PRNGKey(k)))
   assert len(traces) == 1
   assert step._cache_size() == 1
-
-
-def test_map_params_reaches_the_amortized_correction():
-  tx = gro.gradient_regularization(mlp_loss, 0.05, every_k=2)
-  state = tx.init(PARAMS)
-  mapped = optax.tree.map_params(tx.init, lambda v: v + 1.0, state)
-  # The stored correction has the parameters' structure; the count does not.
-  assert int(mapped.count) == 0
-  chex.assert_trees_all_equal(
-      mapped.correction, jax.tree.map(jnp.ones_like, PARAMS))
-  # And masks built with it select leaves for ASAM.
-  mask = optax.tree.map_params(lambda p: p, lambda v: v.ndim > 1, PARAMS)
-  assert jax.tree.leaves(mask) == [False, True, False, True]
 
 
 # A quadratic with known minimizer c and a non-identity Hessian A:
@@ -271,7 +258,7 @@ def _static(factory):
   """The arguments inject_hyperparams must not turn into arrays."""
   names = inspect.signature(factory).parameters
   return [n for n in ("loss_fn", "method", "normalize", "adaptive",
-                      "adaptive_mask", "has_aux", "reuse") if n in names]
+                      "adaptive_mask", "has_aux", "mask") if n in names]
 
 
 INJECTABLE = [
@@ -287,16 +274,6 @@ INJECTABLE = [
     (gro.sam, dict(rho=0.5, adaptive=True, adaptive_eta=0.01),
      dict(adaptive_eta=0.1)),
 ]
-
-
-@pytest.mark.parametrize("name", ["forward", "sam"])
-def test_inject_hyperparams_with_every_k_equals_constant(name):
-  factory = (gro.sam if name == "sam" else gro.gradient_regularization)
-  kwargs = dict(rho=0.05) if name == "sam" else dict(gamma=0.05)
-  injected = optax.inject_hyperparams(factory, static_args=_static(factory))(
-      mlp_loss, every_k=2, **kwargs)
-  want = _run(factory(mlp_loss, every_k=2, **kwargs), 3)
-  chex.assert_trees_all_close(_run(injected, 3), want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("factory,kwargs,changed", INJECTABLE)
@@ -447,9 +424,6 @@ def test_regularizer_inside_multisteps_uses_only_the_last_micro_batch(name):
      "`per_device_perturbation=True` needs `axis_name`"),
     (lambda: gro.gradient_regularization(mlp_loss, [0.1]), TypeError,
      "`gamma` must be a number or a schedule"),
-    (lambda: gro.gradient_regularization(mlp_loss, 0.1, every_k=0),
-     ValueError, "`every_k`"),
-    (lambda: gro.sam(mlp_loss, reuse="always"), ValueError, "`reuse`"),
     (lambda: gro.sam(mlp_loss, has_aux=1), TypeError, "`has_aux`"),
 ])
 def test_construction_rejects_bad_arguments_naming_them(make, error, match):
@@ -474,7 +448,8 @@ def test_update_errors_name_the_problem(name):
     jit_update(MAKERS[name](mlp_loss, has_aux=True), batch=BATCH)
   with pytest.raises(TypeError, match="floating-point"):
     jit_update(MAKERS[name](lambda p, b: jnp.int32(1)), batch=BATCH)
-  with pytest.raises(TypeError, match="`loss_fn` must be a callable"):
+  with pytest.raises(TypeError, match="`loss_fn` extra argument must be a "
+                     "callable"):
     jit_update(tx, loss_fn=3.0)
 
 
@@ -490,14 +465,12 @@ def mlp_forward(params, x):
 
 LIMITS = {
     **{f"{m}-gamma0": (gro.gradient_regularization,
-                       dict(gamma=0.0, method=m)) for m in gro.METHODS},
+                       dict(gamma=0.0, method=m)) for m in GR_METHODS},
     "sam-rho0": (gro.sam, dict(rho=0.0)),
     "asam-rho0": (gro.sam, dict(rho=0.0, adaptive=True)),
     "sam-unnormalized-rho0": (gro.sam, dict(rho=0.0, normalize=False)),
     "gnp-r0": (gro.gradient_norm_penalty, dict(alpha=0.8, r=0.0)),
     "gnp-alpha0": (gro.gradient_norm_penalty, dict(alpha=0.0, r=0.1)),
-    "forward-gamma0-every2": (gro.gradient_regularization,
-                              dict(gamma=0.0, every_k=2)),
 }
 
 
@@ -509,21 +482,15 @@ class LimitsTest(chex.TestCase):
       tx = factory(mlp_loss, **kwargs)
       update = self.variant(lambda g, s, p, tx=tx: tx.update(
           g, s, p, batch=BATCH))
-      state = tx.init(PARAMS)
-      # Amortized steps reuse the stored (zero) correction.
-      for k in range(2 if "every_k" in kwargs else 1):
-        grads = jax.grad(mlp_loss)(PARAMS, mlp_batch(jax.random.PRNGKey(k)))
-        out, state = update(grads, state, PARAMS)
-        try:
-          _leaves_equal(out, grads)
-        except AssertionError as e:
-          raise AssertionError(label) from e
+      out, _ = update(GRADS, tx.init(PARAMS), PARAMS)
+      try:
+        _leaves_equal(out, GRADS)
+      except AssertionError as e:
+        raise AssertionError(label) from e
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_injected_limits_are_the_incoming_gradient_bit_for_bit(self):
     for label, (factory, kwargs) in LIMITS.items():
-      if "every_k" in kwargs:
-        continue
       tx = optax.inject_hyperparams(factory, static_args=_static(factory))(
           mlp_loss, **kwargs)
       out = self.variant(lambda g, s, p, tx=tx: tx.update(
@@ -620,84 +587,3 @@ def test_asam_displacement_matches_hand_computation(mask, scaled):
 def test_default_asam_mask_leaves_one_dimensional_leaves_unscaled():
   assert jax.tree.leaves(gro.weight_matrices(ASAM_PARAMS)) == [
       False, True, False]
-
-
-# --- amortization --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name,reuse", [
-    ("forward", "correction"), ("double_backprop", "correction"),
-    ("sam", "scaled"), ("forward", "scaled")])
-def test_every_k_recomputes_on_multiples_of_k_and_reuses_between(name, reuse):
-  k, steps = 2, 5
-  got = _run(MAKERS[name](mlp_loss, every_k=k, reuse=reuse), steps)
-  # Hand-written loop around the un-amortized transformation.
-  fresh = MAKERS[name](mlp_loss)
-  fresh_update = _jitted(fresh)
-  params, want, kept = PARAMS, [], None
-  for t in range(steps):
-    batch = mlp_batch(jax.random.PRNGKey(20 + t))
-    g = jax.grad(mlp_loss)(params, batch)
-    g_norm = optax.tree.norm(g)
-    if t % k == 0:
-      kept = optax.tree.sub(
-          fresh_update(g, fresh.init(params), params, batch)[0], g)
-      if reuse == "scaled":
-        kept = optax.tree.scale(1 / g_norm, kept)
-    correction = optax.tree.scale(g_norm, kept) if reuse == "scaled" else kept
-    out = optax.tree.add(g, correction)
-    want.append(out)
-    params = optax.apply_updates(params, jax.tree.map(lambda o: -0.1 * o, out))
-  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-7)
-  # The reuse is real: between recomputations the output is not a fresh one.
-  params = optax.apply_updates(PARAMS, jax.tree.map(lambda o: -0.1 * o,
-                                                    want[0]))
-  batch = mlp_batch(jax.random.PRNGKey(21))
-  assert _rel(_update(fresh, jax.grad(mlp_loss)(params, batch), params,
-                      batch=batch), got[1]) > 1e-6
-
-
-def _dots(jaxpr):
-  count = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      count += 1
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      count += _dots(sub)
-  return count
-
-
-def _conds(jaxpr):
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "cond":
-      found.append(eqn)
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      found += _conds(sub)
-  return found
-
-
-@pytest.mark.parametrize("name", ["forward", "sam", "jvp"])
-def test_every_k_puts_the_extra_gradient_in_a_conditional(name):
-  def step(tx):
-    def f(params, state):
-      grads = jax.grad(mlp_loss)(params, BATCH)
-      return tx.update(grads, state, params, batch=BATCH)
-    return jax.make_jaxpr(f)(PARAMS, tx.init(PARAMS)).jaxpr
-
-  plain = step(MAKERS[name](mlp_loss))
-  assert not _conds(plain)
-  amortized = step(MAKERS[name](mlp_loss, every_k=4))
-  (cond,) = _conds(amortized)
-  branch_dots = sorted(_dots(b.jaxpr) for b in cond.params["branches"])
-  # One branch reuses (no matrix product), the other holds the whole extra
-  # gradient; outside the conditional only the caller's gradient remains.
-  assert branch_dots[0] == 0
-  assert branch_dots[1] == _dots(plain) - _dots(
-      jax.make_jaxpr(jax.grad(mlp_loss))(PARAMS, BATCH).jaxpr)
-  assert _dots(amortized) - branch_dots[1] == _dots(
-      jax.make_jaxpr(jax.grad(mlp_loss))(PARAMS, BATCH).jaxpr)
-  compiled = jax.jit(lambda p, s: MAKERS[name](mlp_loss, every_k=4).update(
-      jax.grad(mlp_loss)(p, BATCH), s, p, batch=BATCH)).lower(
-          PARAMS, MAKERS[name](mlp_loss, every_k=4).init(PARAMS)).compile()
-  assert "conditional(" in compiled.as_text()

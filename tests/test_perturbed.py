@@ -62,24 +62,3 @@ def test_radii_and_weights_must_pair_up(radii, weights):
 def test_non_numeric_radius_is_rejected():
   with pytest.raises(TypeError, match=r"radii\[0\]"):
     gro.perturbed_gradient(loss, ["big"], [1.0])
-
-
-@pytest.mark.parametrize("reuse", ["correction", "scaled"])
-def test_recompute_chosen_on_the_host_matches_the_step_count_rule(reuse):
-  k = 3
-  tx = gro.perturbed_gradient(loss, [0.1], [0.5], every_k=k, reuse=reuse)
-  on_device = jax.jit(lambda g, s, p: tx.update(g, s, p, batch=BATCH))
-  on_host = jax.jit(lambda g, s, p, recompute: tx.update(
-      g, s, p, batch=BATCH, recompute=recompute), static_argnums=3)
-  s_device = s_host = tx.init(PARAMS)
-  params = PARAMS
-  for step in range(5):
-    g = grad(params, BATCH)
-    want, s_device = on_device(g, s_device, params)
-    got, s_host = on_host(g, s_host, params, step % k == 0)
-    chex.assert_trees_all_close(got, want, rtol=1e-6)
-    params = jax.tree.map(lambda p, u: p - 0.01 * u, params, got)
-  hlo = on_host.lower(g, s_host, params, False).compile().as_text()
-  assert "conditional(" not in hlo
-  assert "conditional(" in on_device.lower(g, s_device, params
-                                           ).compile().as_text()

@@ -92,17 +92,20 @@ class ResNet18(nn.Module):
     (2, 10)
 
   (Skipped as a doctest for its compile time; ``tests/test_train.py`` trains
-  it with BatchNorm.)
+  it with BatchNorm.) ``stages`` sets the residual blocks per stage: ResNet-18
+  has ``(2, 2, 2, 2)``; shorter tuples give small residual networks with the
+  same building blocks (for tests that compile many steps).
   """
 
   num_classes: int = 10
   width: int = 64
+  stages: tuple[int, ...] = (2, 2, 2, 2)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = nn.Conv(self.width, (3, 3), use_bias=False)(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    for stage, blocks in enumerate((2, 2, 2, 2)):
+    for stage, blocks in enumerate(self.stages):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = _BasicBlock(self.width * 2**stage, strides)(x, train)

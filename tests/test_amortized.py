@@ -1,0 +1,291 @@
+"""Amortization: ``gro.amortized(tx, every_k, reuse=...)`` against a
+hand-written loop around the un-amortized transformation."""
+
+import chex
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradreg_optax as gro
+from _models import MAKERS, mlp_batch, mlp_loss, mlp_params
+
+PARAMS = mlp_params(jax.random.PRNGKey(0))
+BATCH = mlp_batch(jax.random.PRNGKey(1))
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+def _batch(t):
+  return mlp_batch(jax.random.PRNGKey(20 + t))
+
+
+def _run(tx, steps, recompute=None, loss=mlp_loss, params=PARAMS):
+  """Updates of a short SGD run (lr 0.1) through ``tx``, jitted once."""
+  extra = {} if recompute is None else {"recompute": recompute}
+  update = jax.jit(lambda g, s, p, b, **kw: tx.update(g, s, p, batch=b, **kw),
+                   static_argnames="recompute")
+  state, outs = tx.init(params), []
+  for t in range(steps):
+    kw = {k: v(t) for k, v in extra.items()}
+    out, state = update(jax.grad(loss)(params, _batch(t)), state, params,
+                        _batch(t), **kw)
+    outs.append(out)
+    params = optax.apply_updates(params, jax.tree.map(lambda o: -0.1 * o, out))
+  return outs, state
+
+
+def _hand_written(make, k, steps, reuse):
+  """Recompute on steps 0, k, 2k, ... with a fresh transformation at the
+  global step (``make(t)``), reuse the stored correction in between."""
+  params, want, kept = PARAMS, [], None
+  for t in range(steps):
+    g = jax.grad(mlp_loss)(params, _batch(t))
+    g_norm = optax.tree.norm(g)
+    if t % k == 0:
+      tx = make(t)
+      fresh = tx.update(g, tx.init(params), params, batch=_batch(t))[0]
+      kept = optax.tree.sub(fresh, g)
+      if reuse == "scaled":
+        kept = optax.tree.scale(1 / g_norm, kept)
+    correction = optax.tree.scale(g_norm, kept) if reuse == "scaled" else kept
+    out = optax.tree.add(g, correction)
+    want.append(out)
+    params = optax.apply_updates(params, jax.tree.map(lambda o: -0.1 * o, out))
+  return want
+
+
+@pytest.mark.parametrize("name,reuse", [
+    ("forward", "correction"), ("double_backprop", "correction"),
+    ("jvp", "scaled"), ("sam", "scaled"), ("central", "correction"),
+    ("gradient_norm_penalty", "correction")])
+def test_recomputes_on_multiples_of_k_and_reuses_between(name, reuse):
+  k, steps = 3, 7
+  got, state = _run(gro.amortized(MAKERS[name](mlp_loss), k, reuse=reuse),
+                    steps)
+  want = _hand_written(lambda t: MAKERS[name](mlp_loss), k, steps, reuse)
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-7)
+  assert int(state.count) == steps
+  assert int(state.inner_state.count) == steps  # advanced on every step
+  # The reuse is real: step 1 is not a fresh computation.
+  params = optax.apply_updates(PARAMS, jax.tree.map(lambda o: -0.1 * o,
+                                                    want[0]))
+  fresh = MAKERS[name](mlp_loss)
+  fresh_1 = fresh.update(jax.grad(mlp_loss)(params, _batch(1)),
+                         fresh.init(params), params, batch=_batch(1))[0]
+  assert float(optax.tree.norm(optax.tree.sub(fresh_1, got[1]))) > 1e-6
+
+
+def test_every_k_one_is_the_wrapped_transformation():
+  inner = MAKERS["forward"](mlp_loss)
+  got, _ = _run(gro.amortized(inner, 1), 3)
+  want, _ = _run(inner, 3)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-8)
+
+
+def test_schedules_follow_the_global_step_count():
+  gamma = optax.linear_schedule(0.05, 0.5, transition_steps=6)
+  k, steps = 2, 6
+  got, _ = _run(gro.amortized(
+      gro.gradient_regularization(mlp_loss, gamma), k), steps)
+  want = _hand_written(lambda t: gro.gradient_regularization(
+      mlp_loss, float(gamma(t))), k, steps, "correction")
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-7)
+
+
+def test_inject_hyperparams_inside_equals_constant():
+  injected = optax.inject_hyperparams(
+      gro.sam, static_args=("loss_fn",))(mlp_loss, rho=0.05)
+  got, state = _run(gro.amortized(injected, 2), 5)
+  want, _ = _run(gro.amortized(gro.sam(mlp_loss, 0.05), 2), 5)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-8)
+  assert int(state.inner_state.count) == 5
+
+
+@pytest.mark.parametrize("name", ["forward", "sam", "jvp"])
+def test_host_choice_equals_device_choice_without_a_conditional(name):
+  k = 3
+  tx = gro.amortized(MAKERS[name](mlp_loss), k)
+  on_device, _ = _run(tx, 5)
+  on_host, _ = _run(tx, 5, recompute=lambda t: t % k == 0)
+  chex.assert_trees_all_close(on_host, on_device, rtol=1e-6, atol=1e-8)
+  step = jax.jit(lambda g, s, p, recompute=None: tx.update(
+      g, s, p, batch=BATCH, recompute=recompute), static_argnames="recompute")
+  args = (jax.grad(mlp_loss)(PARAMS, BATCH), tx.init(PARAMS), PARAMS)
+  for recompute in (True, False):
+    assert "conditional(" not in step.lower(
+        *args, recompute=recompute).compile().as_text()
+  assert "conditional(" in step.lower(*args).compile().as_text()
+
+
+def _dots(jaxpr):
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "dot_general"
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += _dots(sub)
+  return count
+
+
+def _conds(jaxpr):
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      found.append(eqn)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _conds(sub)
+  return found
+
+
+@pytest.mark.parametrize("name", ["forward", "sam", "jvp"])
+def test_the_extra_gradient_is_only_in_the_recomputing_branch(name):
+  def jaxpr(tx):
+    def f(params, state):
+      grads = jax.grad(mlp_loss)(params, BATCH)
+      return tx.update(grads, state, params, batch=BATCH)
+    return jax.make_jaxpr(f)(PARAMS, tx.init(PARAMS)).jaxpr
+
+  own = _dots(jax.make_jaxpr(jax.grad(mlp_loss))(PARAMS, BATCH).jaxpr)
+  plain = jaxpr(MAKERS[name](mlp_loss))
+  assert not _conds(plain)
+  wrapped = jaxpr(gro.amortized(MAKERS[name](mlp_loss), 4))
+  (cond,) = _conds(wrapped)
+  branch_dots = sorted(_dots(b.jaxpr) for b in cond.params["branches"])
+  assert branch_dots == [0, _dots(plain) - own]
+  assert _dots(wrapped) - branch_dots[1] == own
+
+
+def _cliff_loss(params, batch):
+  # NaN beyond w = cliff: a large F-GR step from below lands there.
+  target, cliff = batch
+  return jnp.sum((params["w"] - target) ** 2) + jnp.sum(
+      jnp.sqrt(cliff - params["w"]))
+
+
+NAN_PARAMS = {"w": jnp.array([0.9, 0.0, -0.5])}
+
+
+def _nan_then_finite_batches(t):
+  # At step 0 the displaced point w + eps g passes the cliff at 1; later the
+  # cliff is far away and every evaluation is finite.
+  if t == 0:
+    return jnp.full(3, -5.0), jnp.ones(3)
+  return jnp.zeros(3), jnp.full(3, 100.0)
+
+
+@pytest.mark.parametrize("host", [False, True])
+def test_a_non_finite_correction_is_returned_but_not_kept(host):
+  k = 4
+  inner = gro.gradient_regularization(_cliff_loss, 0.1, eps=1.0)
+  tx = optax.chain(gro.amortized(inner, k),
+                   optax.apply_if_finite(optax.sgd(0.01), 1))
+  update = jax.jit(lambda g, s, p, b, recompute=None: tx.update(
+      g, s, p, batch=b, recompute=recompute), static_argnames="recompute")
+  params, state = NAN_PARAMS, tx.init(NAN_PARAMS)
+  finite = []
+  for t in range(2 * k):
+    b = _nan_then_finite_batches(t)
+    g = jax.grad(_cliff_loss)(params, b)
+    assert bool(jnp.all(jnp.isfinite(g["w"])))
+    recompute = None
+    if host:
+      recompute = t % k == 0 or gro.needs_recompute(state)
+    updates, state = update(g, state, params, b, recompute=recompute)
+    finite.append(bool(state[1].last_finite))
+    params = optax.apply_updates(params, updates)
+    assert bool(jnp.all(jnp.isfinite(params["w"]))), t
+  # Only the step whose own extra evaluation was NaN is skipped; the next
+  # one recomputes instead of reusing it.
+  assert finite == [False] + [True] * (2 * k - 1)
+  assert not gro.needs_recompute(state)
+
+
+def test_a_reusing_step_chosen_on_the_host_with_nothing_stored_is_not_finite():
+  tx = gro.amortized(MAKERS["forward"](mlp_loss), 2)
+  g = jax.grad(mlp_loss)(PARAMS, BATCH)
+  out, _ = tx.update(g, tx.init(PARAMS), PARAMS, batch=BATCH, recompute=False)
+  assert not any(bool(jnp.any(jnp.isfinite(x))) for x in jax.tree.leaves(out))
+
+
+def test_needs_recompute_before_and_after_the_first_step():
+  tx = optax.chain(gro.amortized(MAKERS["sam"](mlp_loss), 3), optax.sgd(0.1))
+  state = tx.init(PARAMS)
+  assert gro.needs_recompute(state)
+  _, state = tx.update(jax.grad(mlp_loss)(PARAMS, BATCH), state, PARAMS,
+                       batch=BATCH)
+  assert not gro.needs_recompute(state)
+  with pytest.raises(ValueError, match="exactly one"):
+    gro.needs_recompute(optax.sgd(0.1).init(PARAMS))
+
+
+def test_switched_off_method_stays_the_incoming_gradient_bit_for_bit():
+  tx = gro.amortized(gro.gradient_regularization(mlp_loss, 0.0), 2)
+  state = tx.init(PARAMS)
+  for t in range(3):
+    g = jax.grad(mlp_loss)(PARAMS, _batch(t))
+    out, state = jax.jit(lambda g, s: tx.update(g, s, PARAMS, batch=_batch(t))
+                         )(g, state)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(g)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_masked_leaves_get_the_incoming_gradient_on_every_step():
+  only_last = [{"w": False, "b": False}, {"w": True, "b": True}]
+  tx = gro.amortized(gro.sam(mlp_loss, 0.1, mask=only_last), 2)
+  outs, _ = _run(tx, 4)
+  params = PARAMS
+  for t, out in enumerate(outs):
+    g = jax.grad(mlp_loss)(params, _batch(t))
+    for key in ("w", "b"):
+      np.testing.assert_array_equal(out[0][key], g[0][key])
+    assert float(jnp.max(jnp.abs(out[1]["w"] - g[1]["w"]))) > 1e-6
+    params = optax.apply_updates(params, jax.tree.map(lambda o: -0.1 * o, out))
+
+
+def test_metrics_on_reused_steps_keep_the_last_displaced_loss():
+  tx = gro.amortized(MAKERS["sam"](mlp_loss), 3)
+  state, params = tx.init(PARAMS), PARAMS
+  seen = []
+  for t in range(3):
+    loss, g = jax.value_and_grad(mlp_loss)(params, _batch(t))
+    _, state = tx.update(g, state, params, batch=_batch(t), value=loss)
+    m = gro.metrics(state)
+    seen.append(m)
+    np.testing.assert_allclose(m.grad_norm, optax.tree.norm(g), rtol=1e-6)
+    np.testing.assert_allclose(m.loss, loss, rtol=1e-6)
+  assert float(seen[1].perturbed_loss) == float(seen[0].perturbed_loss)
+  assert float(seen[1].sharpness) == float(seen[0].sharpness)
+
+
+def test_map_params_reaches_the_stored_correction():
+  tx = gro.amortized(MAKERS["forward"](mlp_loss), 2)
+  state = tx.init(PARAMS)
+  mapped = optax.tree.map_params(tx.init, lambda v: v + 1.0, state)
+  assert int(mapped.count) == 0
+  chex.assert_trees_all_equal(
+      mapped.correction, jax.tree.map(jnp.ones_like, PARAMS))
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: gro.amortized(MAKERS["sam"](mlp_loss), 0), ValueError,
+     "amortized: `every_k` must be an int >= 1"),
+    (lambda: gro.amortized(MAKERS["sam"](mlp_loss), 2.0), ValueError,
+     "`every_k`"),
+    (lambda: gro.amortized(MAKERS["sam"](mlp_loss), 2, reuse="always"),
+     ValueError, "`reuse`"),
+    (lambda: gro.amortized("sam", 2), TypeError, "`tx`"),
+    (lambda: gro.amortized(optax.chain(MAKERS["sam"](mlp_loss),
+                                       optax.sgd(0.1)), 2).init(PARAMS),
+     TypeError, "Chain the optimizer after the wrapper"),
+    (lambda: gro.amortized(optax.sgd(0.1), 2).init(PARAMS), TypeError,
+     "transformation of gradreg_optax"),
+])
+def test_bad_arguments_are_rejected_naming_them(make, error, match):
+  with pytest.raises(error, match=match):
+    make()

@@ -1,0 +1,79 @@
+"""The global norm against float64, from tiny to huge gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gradreg_optax import _numerics
+
+SCALES = [1e-25, 1e-20, 1e-15, 1e-5, 1.0, 1e5, 1e15, 1e19, 1e25, 1e30]
+
+
+def _tree(scale, dtype=np.float32):
+  rng = np.random.RandomState(0)
+  return {"w": (rng.randn(40, 30) * scale).astype(dtype),
+          "b": (rng.randn(30) * scale).astype(dtype),
+          "s": np.asarray(rng.randn() * scale, dtype)}
+
+
+def _reference(tree):
+  return np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                     for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("jit", [False, True])
+def test_float32_norm_matches_float64_at_every_scale(scale, jit):
+  tree = jax.tree.map(jnp.asarray, _tree(scale))
+  norm = (jax.jit(_numerics.global_norm) if jit else _numerics.global_norm)(
+      tree)
+  assert norm.dtype == jnp.float32
+  # float32 rounding of a sum of 1231 squares: a few float32 epsilons.
+  np.testing.assert_allclose(float(norm), _reference(tree), rtol=1e-6)
+
+
+def test_the_plain_sum_would_fail_at_the_extremes():
+  # The cases above are not trivially representable: the naive float32 sum
+  # of squares overflows at 1e30 and underflows to zero at 1e-25.
+  naive = lambda t: jnp.sqrt(sum(jnp.sum(jnp.square(x))
+                                 for x in jax.tree.leaves(t)))
+  assert not np.isfinite(float(naive(jax.tree.map(jnp.asarray,
+                                                  _tree(1e30)))))
+  assert float(naive(jax.tree.map(jnp.asarray, _tree(1e-25)))) == 0.0
+
+
+def test_wider_leaves_are_summed_in_their_own_dtype():
+  with jax.enable_x64(True):
+    tree = jax.tree.map(jnp.asarray, _tree(1e200, np.float64))
+    norm = _numerics.global_norm(tree)
+    assert norm.dtype == jnp.float64
+    np.testing.assert_allclose(float(norm), _reference(
+        jax.tree.map(lambda x: np.asarray(x) / 1e200, tree)) * 1e200,
+                               rtol=1e-14)
+
+
+def test_bfloat16_leaves_are_summed_in_float32():
+  tree = {"a": jnp.full((100,), 3.0, jnp.bfloat16)}
+  norm = _numerics.global_norm(tree)
+  assert norm.dtype == jnp.float32
+  assert float(norm) == 30.0
+
+
+@pytest.mark.parametrize("leaves,want", [
+    ([jnp.zeros(3)], 0.0), ([], 0.0), ([jnp.zeros((0, 4))], 0.0),
+    ([jnp.array([1.0, jnp.inf])], np.inf),
+    ([jnp.array([1.0, -jnp.inf])], np.inf),
+])
+def test_zero_empty_and_infinite(leaves, want):
+  assert float(_numerics.global_norm(leaves)) == want
+
+
+def test_nan_propagates():
+  assert np.isnan(float(_numerics.global_norm([jnp.array([1.0, jnp.nan])])))
+
+
+def test_no_dot_in_the_compiled_norm():
+  hlo = jax.jit(_numerics.global_norm).lower(
+      jax.tree.map(jnp.asarray, _tree(1.0))).compile().as_text()
+  assert " dot(" not in hlo
