@@ -86,6 +86,7 @@ def main():
            "lib:double_backprop": common.library_step(problem,
                                                       "double_backprop"),
            "hand:double_backprop": common.hand_step(problem, "double_backprop"),
+           "hand:single_pass": common.hand_step(problem, "single_pass"),
            f"lib:{common.PENALIZED_LOSS}": common.library_step(
                problem, common.PENALIZED_LOSS),
            "lib:jvp": common.library_step(problem, "jvp"),

@@ -31,6 +31,7 @@ EXPECTED = {
     "backward": lambda L: 2 * (3 * L - 1),
     "central": lambda L: 3 * (3 * L - 1),
     "sam": lambda L: 2 * (3 * L - 1),
+    "asam": lambda L: 2 * (3 * L - 1),
     "gradient_norm_penalty": lambda L: 2 * (3 * L - 1),
     "double_backprop": lambda L: 9 * L - 5,
     "jvp": lambda L: 9 * L - 5,

@@ -11,7 +11,9 @@ and BatchNorm statistics; data already on the device):
 * ``lib:<method>:k<k>``: the library with ``every_k=k`` (amortized);
 * ``lib:igr_modified_loss``: double backpropagation in its single-pass form,
   the caller differentiating ``gro.igr_modified_loss`` (no transformation),
-  against ``hand:double_backprop``.
+  against ``hand:single_pass``;
+* ``lib:optax_sam``: Optax's own ``optax.contrib.sam`` (opaque mode), against
+  ``hand:sam``.
 
 Compilation and two warm-up steps are excluded from the timings (compile time
 is reported on its own). Variants are then timed in interleaved rounds (the
@@ -51,10 +53,12 @@ import numpy as np
 import common
 from gradreg_optax.cost import count_matmuls
 
-DEFAULT_METHODS = ("forward", "backward", "double_backprop", "jvp", "sam")
+DEFAULT_METHODS = ("forward", "backward", "double_backprop", "jvp", "sam",
+                   common.OPTAX_SAM)
 HEADLINE = ("lib:forward", "hand:forward", "lib:backward", "lib:sam",
-            "lib:jvp", "hand:jvp", "lib:double_backprop",
-            "hand:double_backprop", f"lib:{common.PENALIZED_LOSS}")
+            "hand:sam", f"lib:{common.OPTAX_SAM}", "lib:jvp", "hand:jvp",
+            "lib:double_backprop", "hand:double_backprop",
+            f"lib:{common.PENALIZED_LOSS}")
 
 
 def log(*a):
@@ -211,11 +215,16 @@ def run_config(spec: str, precision: str, args) -> dict:
           "results": results}
 
 
-def _lib_over_hand(r, hand) -> str | None:
-  """Library step time over its hand-written counterpart's, formatted."""
+def _lib_over_hand(r, hand, memory=False) -> str | None:
+  """Library step time (or compiled temporary memory) over its hand-written
+  counterpart's, formatted."""
   ref = hand.get(common.HAND_REFERENCE.get(r["method"], r["method"]))
   if r["kind"] != "lib" or r["every_k"] != 1 or ref is None:
     return None
+  if memory:
+    a = r["memory"].get("temp_size_in_bytes")
+    b = ref["memory"].get("temp_size_in_bytes")
+    return f"{a / b:.3f}" if a is not None and b else None
   return f"{r['median_ms'] / ref['median_ms']:.3f}"
 
 
@@ -254,6 +263,26 @@ def markdown(doc) -> str:
                for c in cols]
       lines.append(f"| {cfg['problem']} | {cfg['precision']} | "
                    f"{by['sgd']['median_ms']:.2f} | " + " | ".join(cells) + " |")
+  lines += ["", "## Compiled temporary memory (MiB, XLA's memory analysis; "
+            "in brackets: over the hand-written step)", ""]
+  lines.append("| model | precision | SGD | " + " | ".join(cols) + " |")
+  lines.append("|---" * (len(cols) + 3) + "|")
+  for run_ in doc["runs"]:
+    for cfg in run_["configs"]:
+      by = {r["variant"]: r for r in cfg["results"]}
+      hand = {r["method"]: r for r in cfg["results"] if r["kind"] == "hand"}
+
+      def cell(name):
+        r = by.get(name)
+        if r is None or "temp_size_in_bytes" not in r["memory"]:
+          return "-"
+        ratio = _lib_over_hand(r, hand, memory=True)
+        return (f"{r['memory']['temp_size_in_bytes'] / 2**20:.0f}"
+                + (f" ({ratio})" if ratio else ""))
+
+      lines.append(f"| {cfg['problem']} | {cfg['precision']} | "
+                   f"{cell('sgd')} | " + " | ".join(cell(c) for c in cols)
+                   + " |")
   lines += ["", "## All variants", ""]
   for run_ in doc["runs"]:
     for cfg in run_["configs"]:
@@ -261,10 +290,12 @@ def markdown(doc) -> str:
       lines += [f"### {cfg['problem']}, precision {cfg['precision']} "
                 f"({cfg['rounds']} rounds x {cfg['steps_per_sample']} steps)",
                 "", "| variant | median ms | x SGD | IQR of ratio | lib/hand | "
-                "compile s | compiled temp MiB | compiled total MiB | "
-                "products |", "|---|---|---|---|---|---|---|---|---|"]
+                "compile s | compiled temp MiB | temp lib/hand | compiled "
+                "total MiB | products |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
       for r in cfg["results"]:
         lh = _lib_over_hand(r, hand) or "-"
+        mh = _lib_over_hand(r, hand, memory=True) or "-"
         mem = r["memory"]
         temp = (f"{mem['temp_size_in_bytes'] / 2**20:.0f}"
                 if "temp_size_in_bytes" in mem else "-")
@@ -274,7 +305,7 @@ def markdown(doc) -> str:
             f"| {r['variant']} | {r['median_ms']:.3f} | "
             f"{r['ratio_median']:.3f} | [{r['ratio_q25']:.3f}, "
             f"{r['ratio_q75']:.3f}] | {lh} | {r['compile_s']:.1f} | {temp} | "
-            f"{total} | {r['matmuls']} |")
+            f"{mh} | {total} | {r['matmuls']} |")
       lines.append("")
   return "\n".join(lines)
 
