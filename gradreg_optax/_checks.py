@@ -77,8 +77,12 @@ def hyperparameter(where: str, name: str, value: Any, *,
 
 def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,
                            mask: Any, axis_name: Any,
-                           per_device_perturbation: Any) -> None:
-  """The arguments every transformation of this package takes."""
+                           per_device_perturbation: Any) -> dict[str, Any]:
+  """Checks the arguments every transformation of this package takes.
+
+  Returns:
+    Those besides ``loss_fn``, as keyword arguments for the builder.
+  """
   callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, batch)")
   bool_arg(where, "has_aux", has_aux)
   bool_arg(where, "per_device_perturbation", per_device_perturbation)
@@ -93,3 +97,5 @@ def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,
     raise ValueError(f"{where}: `per_device_perturbation=True` needs "
                      "`axis_name`: the devices' gradients can only be told "
                      "apart inside shard_map/pmap over that axis.")
+  return dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
+              per_device_perturbation=per_device_perturbation)

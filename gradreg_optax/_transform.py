@@ -418,12 +418,17 @@ def metrics(opt_state: optax.OptState) -> Metrics:
     >>> bool(m.perturbed_loss > m.loss)
     True
   """
-  found = [s.metrics for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, RegularizerState))
-           if isinstance(s, RegularizerState)]
-  if len(found) != 1:
-    raise ValueError("gradreg_optax.metrics: `opt_state` must hold exactly "
-                     "one transformation of gradreg_optax, found "
-                     f"{len(found)}.")
+  state = find_one("gradreg_optax.metrics", opt_state, RegularizerState,
+                   "transformation of gradreg_optax")
   # `x[...]` reads arrays and, in an nnx.Optimizer's state, their variables.
-  return Metrics(*(x[...] for x in found[0]))
+  return Metrics(*(x[...] for x in state.metrics))
+
+
+def find_one(where: str, tree: Any, kind: type, what: str) -> Any:
+  """The one node of type ``kind`` in an optimizer state."""
+  found = [s for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(
+      x, kind)) if isinstance(s, kind)]
+  if len(found) != 1:
+    raise ValueError(f"{where}: `opt_state` must hold exactly one {what}, "
+                     f"found {len(found)}.")
+  return found[0]

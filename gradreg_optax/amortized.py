@@ -11,7 +11,7 @@ import optax
 
 from gradreg_optax import _checks
 from gradreg_optax._numerics import global_norm, wide
-from gradreg_optax._transform import ADVANCE_ONLY, RegularizerState
+from gradreg_optax._transform import ADVANCE_ONLY, RegularizerState, find_one
 
 REUSE_MODES = ("correction", "scaled")
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
@@ -177,14 +177,9 @@ def needs_recompute(opt_state: optax.OptState) -> bool:
     >>> gro.needs_recompute(tx.init(jnp.ones(2)))
     True
   """
-  states = [s for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, AmortizedState))
-            if isinstance(s, AmortizedState)]
-  if len(states) != 1:
-    raise ValueError("gradreg_optax.needs_recompute: `opt_state` must hold "
-                     "exactly one gradreg_optax.amortized state, found "
-                     f"{len(states)}.")
-  return bool(states[0].stale)
+  state = find_one("gradreg_optax.needs_recompute", opt_state, AmortizedState,
+                   "gradreg_optax.amortized state")
+  return bool(state.stale)
 
 
 def _check_inner(where: str, state: Any) -> None:

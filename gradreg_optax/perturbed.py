@@ -183,15 +183,13 @@ def perturbed_gradient(
   _checks.bool_arg(where, "adaptive", adaptive)
   if adaptive:
     adaptive_eta = check_adaptive_eta(where, adaptive_eta)
-  _checks.transformation_options(
+  options = _checks.transformation_options(
       where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
       per_device_perturbation=per_device_perturbation)
   return build(where, loss_fn, Displacements(radii, weights),
                normalize=normalize,
                adaptive=(Adaptive(adaptive_eta, adaptive_mask) if adaptive
-                         else None),
-               has_aux=has_aux, mask=mask, axis_name=axis_name,
-               per_device_perturbation=per_device_perturbation)
+                         else None), **options)
 
 
 def check_adaptive_eta(where: str, adaptive_eta: Any) -> Any:

@@ -121,9 +121,9 @@ def gradient_regularization(
   _checks.choice_arg(where, "method", method, GR_METHODS)
   gamma = _checks.hyperparameter(where, "gamma", gamma)
   eps = _checks.hyperparameter(where, "eps", eps, sign="> 0")
-  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
-                 per_device_perturbation=per_device_perturbation)
-  _checks.transformation_options(where, loss_fn, **options)
+  options = _checks.transformation_options(
+      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
+      per_device_perturbation=per_device_perturbation)
 
   if method in EXACT_METHODS:
     rule = _transform.Rule(gamma, _transform.all_zero, _exact(method))

@@ -57,9 +57,9 @@ def gradient_norm_penalty(
   where = "gradreg_optax.gradient_norm_penalty"
   alpha = _checks.hyperparameter(where, "alpha", alpha)
   r = _checks.hyperparameter(where, "r", r)
-  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
-                 per_device_perturbation=per_device_perturbation)
-  _checks.transformation_options(where, loss_fn, **options)
+  options = _checks.transformation_options(
+      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
+      per_device_perturbation=per_device_perturbation)
   return perturbed.build(where, loss_fn, perturbed.Displacements((r,), (alpha,)),
                          normalize=True, **options)
 
@@ -130,9 +130,9 @@ def sam(
   rho = _checks.hyperparameter(where, "rho", rho)
   _checks.bool_arg(where, "normalize", normalize)
   _checks.bool_arg(where, "adaptive", adaptive)
-  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
-                 per_device_perturbation=per_device_perturbation)
-  _checks.transformation_options(where, loss_fn, **options)
+  options = _checks.transformation_options(
+      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
+      per_device_perturbation=per_device_perturbation)
   adaptive_options = None
   if adaptive:
     adaptive_options = perturbed.Adaptive(
