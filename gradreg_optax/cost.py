@@ -1,4 +1,4 @@
-"""Deterministic cost of a compiled step: matrix products and FLOPs.
+"""Deterministic cost of a compiled step: matrix products, FLOPs, memory.
 
 Wall-clock time depends on the machine and its load; the number of matrix
 products (dot and convolution operations) in the program XLA compiles does
@@ -37,10 +37,16 @@ class StepCost(NamedTuple):
       ``None`` where the backend gives none. On CPU it is a full count; on GPU
       it is best effort (library calls such as cuBLAS GEMMs may be counted
       approximately or not at all).
+    temp_bytes: the temporary memory of the program (beyond its arguments
+      and outputs) from XLA's memory analysis, or ``None`` where the backend
+      gives none. Deterministic for a given program and backend; donate the
+      state (``jax.jit(..., donate_argnums=...)``) to measure a training step
+      as it runs.
   """
 
   matmuls: int
   flops: float | None
+  temp_bytes: int | None = None
 
 
 def count_matmuls(hlo_text: str) -> int:
@@ -83,7 +89,7 @@ def step_cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> StepCost:
     >>> import jax.numpy as jnp
     >>> import gradreg_optax as gro
     >>> gro.cost.step_cost(lambda a, b: a @ b, jnp.ones((4, 3)), jnp.ones((3, 2)))
-    StepCost(matmuls=1, flops=...)
+    StepCost(matmuls=1, flops=..., temp_bytes=...)
   """
   compiled = _compiled(fn, args, kwargs)
   matmuls = count_matmuls(compiled.as_text())
@@ -96,4 +102,8 @@ def step_cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> StepCost:
   flops = None
   if analysis and analysis.get("flops", -1) >= 0:
     flops = float(analysis["flops"])
-  return StepCost(matmuls=matmuls, flops=flops)
+  try:
+    temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    temp_bytes = None
+  return StepCost(matmuls=matmuls, flops=flops, temp_bytes=temp_bytes)

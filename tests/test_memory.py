@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "benchmarks"))
 import common  # pylint: disable=wrong-import-position
+import gradreg_optax as gro  # pylint: disable=wrong-import-position
 
 TOLERANCE = 1.05
 
@@ -25,9 +26,8 @@ TOLERANCE = 1.05
 def _temp_bytes(problem, tx_and_step):
   tx, step = tx_and_step
   params, model_state, x, y = problem.args()
-  compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
-      params, tx.init(params), model_state, x, y).compile()
-  return compiled.memory_analysis().temp_size_in_bytes
+  return gro.cost.step_cost(jax.jit(step, donate_argnums=(0, 1, 2)), params,
+                            tx.init(params), model_state, x, y).temp_bytes
 
 
 @pytest.fixture(scope="module")
