@@ -46,8 +46,9 @@ class Metrics(NamedTuple):
       over both points of the central difference); kept from the last
       recomputation on the reused steps of :func:`gradreg_optax.amortized`.
     sharpness: ``perturbed_loss - loss``, SAM's sharpness estimate.
-    grad_norm: ``||g||`` over the regularized parameters (averaged over
-      devices where ``axis_name`` is given).
+    grad_norm: ``||g||`` over the regularized parameters, of the gradient
+      the displacement follows (with ``axis_name``, the averaged one; with
+      ``per_device_perturbation``, each device's own).
     penalty: ``(1/2) ||g||^2``, the penalty of gradient regularization
       (without its factor ``gamma``).
   """
@@ -144,8 +145,9 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
                          rule.hyperparameters)
     off = rule.is_off(hyper)
+    advance_only = bool(extra_args.get(ADVANCE_ONLY))
     perturbed, theta_loss = None, None
-    if extra_args.get(ADVANCE_ONLY) or off is True:
+    if advance_only or off is True:
       u = None
     else:
       u, perturbed, theta_loss = rule.apply(value_and_grad, selection, g, hyper)
@@ -158,8 +160,7 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     else:  # known only on the device: hand back `plain` itself where off
       out = [jnp.where(off, p, x.astype(p.dtype)) for x, p in zip(u, plain)]
     metrics = _metrics(where, state.metrics, extra_args, g, perturbed,
-                       theta_loss, axis_name,
-                       keep=bool(extra_args.get(ADVANCE_ONLY)))
+                       theta_loss, axis_name, keep=advance_only)
     return (_merge(selection, updates, out, axis_name),
             RegularizerState(optax.safe_increment(state.count), metrics))
 
