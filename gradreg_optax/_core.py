@@ -21,7 +21,7 @@ from typing import Callable, Sequence, Union
 import jax
 import jax.numpy as jnp
 
-from gradreg_optax._numerics import global_norm, tree_vdot, wide
+from gradreg_optax._numerics import sum_of_squares, tree_vdot, unit_scale, wide
 
 Array = jax.Array
 Leaves = list  # a list of arrays: the regularized parameters, or a gradient
@@ -35,18 +35,29 @@ def is_static(x: object, value: float) -> bool:
   return isinstance(x, (int, float)) and x == value
 
 
-def direction(g: Leaves, *, normalize: bool,
-              scale: Leaves | None = None) -> Leaves:
-  """``T^2 g / ||T g||`` (normalized) or ``T^2 g``, with ``T = scale`` or 1.
+def direction(g: Leaves, norm: Array, *, normalize: bool,
+              scale: Callable[[], Leaves] | None = None) -> Leaves:
+  """``T^2 g / ||T g||`` (normalized) or ``T^2 g``, with ``T = scale()`` or 1.
 
-  A zero gradient gives a zero direction (no 0/0); a non-finite one stays
+  ``norm`` is ``||g||``. ``scale`` computes ``T`` (from the parameters)
+  wherever it is needed, so that neither ``T`` nor ``T g`` is kept in
+  memory; ``||T g||`` is taken of ``T (s g)`` with ``s`` the power of two
+  that brings ``||g||`` into ``[0.5, 1)``, which keeps the sum of squares
+  from overflowing or underflowing whatever the gradient's scale. A zero
+  gradient gives a zero direction (no 0/0); a non-finite one stays
   non-finite, so that ``optax.apply_if_finite`` sees it.
   """
-  tg = g if scale is None else [t * x for t, x in zip(scale, g)]
-  d = tg if scale is None else [t * x for t, x in zip(scale, tg)]
+  if scale is None:
+    d = g
+  else:
+    t = scale()
+    tg = [a * x for a, x in zip(t, g)]
+    d = [a * x for a, x in zip(t, tg)]  # T (T g): XLA shares T g, not T^2
+    if normalize:
+      s = unit_scale(norm)
+      norm = jnp.sqrt(sum_of_squares([x * s for x in tg])) / s
   if not normalize:
     return d
-  norm = global_norm(tg)
   norm = jnp.where(norm > 0, norm, 1.0)
   return [x / norm for x in d]
 

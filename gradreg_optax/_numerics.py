@@ -26,16 +26,17 @@ def wide_dtype(tree: Any) -> Any:
 def global_norm(tree: Any) -> Array:
   """Global L2 norm, in float32 or wider, safe from overflow and underflow.
 
-  One reduction per leaf takes three sums of squares in the same pass: of
-  the entries as they are, and scaled by a large and by a small power of two
-  (scaling by a power of two is exact). Where the plain sum is a normal
-  number it is used; where it overflowed (float32 entries beyond about
-  ``1e19``) or is too small to be accurate (all entries below about
-  ``1e-15``) a scaled one is, accurate down to the smallest normal numbers.
-  Unlike a rescaling by the largest entry, no sum waits for another pass over
-  the leaves, so no leaf is kept in memory for it. A NaN or infinite entry
-  gives a NaN or infinite norm. Sums of squares rather than ``vdot`` add no
-  dot operation to the compiled program.
+  The plain ``sqrt(sum(x ** 2))`` overflows in float32 for entries beyond
+  about ``1e19`` and loses everything to underflow when all entries are
+  below about ``1e-19``. Here one variadic reduction per leaf takes three
+  sums of squares in a single pass: of the entries as they are, and scaled
+  by a large and by a small power of two (exact). The plain sum is used
+  where it is a normal number, a scaled one elsewhere, so that the result
+  stays accurate for float32 entries from ``1e-38`` to ``1e38``. No pass
+  waits for another (as a rescaling by the largest entry would), so no leaf
+  is kept in memory for the norm, and no conditional waits for the device.
+  A NaN or infinite entry gives a NaN or infinite norm. Sums of squares
+  rather than ``vdot`` add no dot operation to the compiled program.
 
   Example:
     >>> import jax.numpy as jnp
@@ -48,9 +49,9 @@ def global_norm(tree: Any) -> Array:
   if not leaves:
     return jnp.zeros([], dtype)
   info = jnp.finfo(dtype)
-  # Exponents for up to 2**34 entries: the small sum's entries stay normal
-  # down to the smallest normal number, and neither scaled sum overflows
-  # where it is used.
+  # Exponents for up to 2**34 entries: below 2**threshold the plain sum may
+  # have lost its small entries; `small` brings them to normal numbers and
+  # `large` keeps the largest ones from overflowing.
   threshold = info.minexp // 2 + 3
   small = (info.maxexp - 34 - threshold) // 2
   large = (info.maxexp + 35) // 2
@@ -60,10 +61,9 @@ def global_norm(tree: Any) -> Array:
       (jnp.asarray(2.0 ** small, dtype), jnp.asarray(2.0 ** -large, dtype))))
   zero = jnp.zeros([], dtype)
 
-  def sums(x):  # one variadic reduction: a single pass over the leaf
-    x = x.astype(dtype)
+  def sums(x):
     return jax.lax.reduce(
-        tuple(jnp.square(x * c) for c in scales), (zero,) * 3,
+        tuple(jnp.square(x.astype(dtype) * c) for c in scales), (zero,) * 3,
         lambda a, b: tuple(u + v for u, v in zip(a, b)), tuple(range(x.ndim)))
 
   plain, scaled_up, scaled_down = (
@@ -73,6 +73,16 @@ def global_norm(tree: Any) -> Array:
       jnp.where(plain < 2.0 ** threshold,
                 jnp.sqrt(scaled_up) * 2.0 ** -small,
                 jnp.sqrt(scaled_down) * 2.0 ** large))
+
+
+def unit_scale(norm: Array) -> Array:
+  """The power of two ``s`` that brings a finite nonzero ``norm`` into
+  ``[0.5, 1)`` (1 for zero and non-finite norms): ``x * s`` is exact."""
+  _, exponent = jnp.frexp(norm)
+  limit = -jnp.finfo(norm.dtype).minexp
+  exponent = jnp.where(jnp.isfinite(norm), jnp.clip(exponent, -limit, limit),
+                       0)
+  return jnp.ldexp(jnp.ones([], norm.dtype), -exponent)
 
 
 def tree_sum(tree: Any) -> Array:

@@ -92,10 +92,11 @@ class Rule(NamedTuple):
     hyperparameters: a pytree of numbers and schedules of the step count.
     is_off: of the hyperparameters at this step: whether the method is then
       the plain gradient (a Python bool where that is known when tracing).
-    apply: ``apply(value_and_grad, selection, g, hyperparameters)`` returns
-      ``(u, perturbed_loss, loss)``: the regularized gradient of the selected
-      leaves (float32 or wider), the mean loss at the displaced points and
-      the loss at ``theta`` (each ``None`` where not evaluated).
+    apply: ``apply(value_and_grad, selection, g, hyperparameters,
+      grad_norm)`` returns ``(u, perturbed_loss, loss)``: the regularized
+      gradient of the selected leaves (float32 or wider), the mean loss at
+      the displaced points and the loss at ``theta`` (each ``None`` where
+      not evaluated); ``grad_norm`` is ``||g||``, already computed.
   """
 
   hyperparameters: Any
@@ -142,6 +143,10 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     g = [wide(x) for x in incoming]
     if not per_device_perturbation:
       g = _pmean(g, axis_name)
+    # The norm now, while g is at hand: left to the end of the step (where
+    # the metrics are), it would keep buffers alive through the extra
+    # evaluations.
+    grad_norm, g = jax.lax.optimization_barrier((global_norm(g), g))
     hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
                          rule.hyperparameters)
     off = rule.is_off(hyper)
@@ -150,7 +155,8 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     if advance_only or off is True:
       u = None
     else:
-      u, perturbed, theta_loss = rule.apply(value_and_grad, selection, g, hyper)
+      u, perturbed, theta_loss = rule.apply(value_and_grad, selection, g,
+                                            hyper, grad_norm)
       u = _pmean(u, axis_name)
     plain = _plain_gradient(incoming, g, axis_name, per_device_perturbation)
     if u is None:
@@ -159,8 +165,8 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
       out = [x.astype(p.dtype) for x, p in zip(u, plain)]
     else:  # known only on the device: hand back `plain` itself where off
       out = [jnp.where(off, p, x.astype(p.dtype)) for x, p in zip(u, plain)]
-    metrics = _metrics(where, state.metrics, extra_args, g, perturbed,
-                       theta_loss, axis_name, keep=advance_only)
+    metrics = _metrics(where, state.metrics, extra_args, grad_norm,
+                       perturbed, theta_loss, axis_name, keep=advance_only)
     return (_merge(selection, updates, out, axis_name),
             RegularizerState(optax.safe_increment(state.count), metrics))
 
@@ -330,7 +336,7 @@ def _merge(selection: Selection, updates: Any, out: list[Array],
 
 
 def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
-             g: list[Array], perturbed: Any, theta_loss: Any,
+             grad_norm: Array, perturbed: Any, theta_loss: Any,
              axis_name: str | None, *, keep: bool) -> Metrics:
   dtype = last.loss.dtype
   nan = jnp.full([], jnp.nan, dtype)
@@ -349,7 +355,7 @@ def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
     perturbed = (nan if perturbed is None
                  else _pmean([perturbed.astype(dtype)], axis_name)[0])
     sharpness = perturbed - loss
-  norm = global_norm(g).astype(dtype)
+  norm = grad_norm.astype(dtype)
   return Metrics(loss, perturbed, sharpness, norm, 0.5 * jnp.square(norm))
 
 

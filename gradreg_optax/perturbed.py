@@ -54,16 +54,16 @@ def displacement_rule(displacements: Displacements, *, normalize: bool,
       return radii_off or weights_off
     return jnp.logical_or(radii_off, weights_off)
 
-  def apply(value_and_grad, selection, g, h: Displacements):
+  def apply(value_and_grad, selection, g, h: Displacements, grad_norm):
     params = selection.leaves(selection.params)
     scale = None
     if adaptive is not None:
       mask = adaptive.mask
       mask = selection.leaves(mask(selection.params) if callable(mask)
                               else mask)
-      scale = [jnp.where(m, jnp.abs(wide(p)) + adaptive.eta, 1.0)
-               for p, m in zip(params, mask)]
-    d = _core.direction(g, normalize=normalize, scale=scale)
+      scale = lambda: [jnp.where(m, jnp.abs(wide(p)) + adaptive.eta, 1.0)
+                       for p, m in zip(params, mask)]
+    d = _core.direction(g, grad_norm, normalize=normalize, scale=scale)
     u, perturbed = _core.perturbed_gradient(value_and_grad, params, g, d,
                                             h.radii, h.weights)
     return u, perturbed, None

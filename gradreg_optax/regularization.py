@@ -142,7 +142,8 @@ def gradient_regularization(
 
 
 def _exact(mode: str):
-  def apply(value_and_grad, selection, g, gamma):
+  def apply(value_and_grad, selection, g, gamma, grad_norm):
+    del grad_norm
     hg, loss = _core.hessian_vector_product(
         value_and_grad, selection.leaves(selection.params), g, mode=mode)
     return [x + gamma * wide(h) for x, h in zip(g, hg)], None, loss

@@ -10,6 +10,10 @@ from gradreg_optax import _numerics
 SCALES = [1e-25, 1e-20, 1e-15, 1e-5, 1.0, 1e5, 1e15, 1e19, 1e25, 1e30]
 
 
+NORMS = {"eager": _numerics.global_norm,
+                   "jit": jax.jit(_numerics.global_norm)}
+
+
 def _tree(scale, dtype=np.float32):
   rng = np.random.RandomState(0)
   return {"w": (rng.randn(40, 30) * scale).astype(dtype),
@@ -23,11 +27,10 @@ def _reference(tree):
 
 
 @pytest.mark.parametrize("scale", SCALES)
-@pytest.mark.parametrize("jit", [False, True])
-def test_float32_norm_matches_float64_at_every_scale(scale, jit):
+@pytest.mark.parametrize("impl", sorted(NORMS))
+def test_float32_norm_matches_float64_at_every_scale(scale, impl):
   tree = jax.tree.map(jnp.asarray, _tree(scale))
-  norm = (jax.jit(_numerics.global_norm) if jit else _numerics.global_norm)(
-      tree)
+  norm = NORMS[impl](tree)
   assert norm.dtype == jnp.float32
   # float32 rounding of a sum of 1231 squares: a few float32 epsilons.
   np.testing.assert_allclose(float(norm), _reference(tree), rtol=1e-6)
@@ -43,10 +46,11 @@ def test_the_plain_sum_would_fail_at_the_extremes():
   assert float(naive(jax.tree.map(jnp.asarray, _tree(1e-25)))) == 0.0
 
 
-def test_wider_leaves_are_summed_in_their_own_dtype():
+@pytest.mark.parametrize("impl", sorted(NORMS))
+def test_wider_leaves_are_summed_in_their_own_dtype(impl):
   with jax.enable_x64(True):
     tree = jax.tree.map(jnp.asarray, _tree(1e200, np.float64))
-    norm = _numerics.global_norm(tree)
+    norm = NORMS[impl](tree)
     assert norm.dtype == jnp.float64
     np.testing.assert_allclose(float(norm), _reference(
         jax.tree.map(lambda x: np.asarray(x) / 1e200, tree)) * 1e200,
@@ -61,16 +65,24 @@ def test_bfloat16_leaves_are_summed_in_float32():
 
 
 @pytest.mark.parametrize("leaves,want", [
-    ([jnp.zeros(3)], 0.0), ([], 0.0), ([jnp.zeros((0, 4))], 0.0),
+    ([jnp.zeros(3)], 0.0), ([jnp.zeros((0, 4))], 0.0),
     ([jnp.array([1.0, jnp.inf])], np.inf),
     ([jnp.array([1.0, -jnp.inf])], np.inf),
+    ([jnp.array(1e-30), jnp.zeros((0,))], 1e-30),
 ])
-def test_zero_empty_and_infinite(leaves, want):
-  assert float(_numerics.global_norm(leaves)) == want
+@pytest.mark.parametrize("impl", sorted(NORMS))
+def test_zero_empty_single_and_infinite(leaves, want, impl):
+  np.testing.assert_allclose(float(NORMS[impl](leaves)), want,
+                             rtol=1e-6)
 
 
-def test_nan_propagates():
-  assert np.isnan(float(_numerics.global_norm([jnp.array([1.0, jnp.nan])])))
+def test_no_leaves():
+  assert float(_numerics.global_norm([])) == 0.0
+
+
+@pytest.mark.parametrize("impl", sorted(NORMS))
+def test_nan_propagates(impl):
+  assert np.isnan(float(NORMS[impl]([jnp.array([1.0, jnp.nan])])))
 
 
 def test_no_dot_in_the_compiled_norm():
