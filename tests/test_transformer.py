@@ -10,6 +10,8 @@ mask) from Optax.
 """
 
 import functools
+import json
+import os
 
 import chex
 import jax
@@ -213,3 +215,61 @@ def test_decay_mask_selects_the_linear_kernels_only():
   assert len(decayed) == 1 + 4 * CONFIG.num_layers  # head + qkv, out, up, down
   assert not any(m for p, m in paths.items()
                  if "embedding" in p or "ln" in p or p.endswith("['bias']"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--steps", "0"], ["--methods", "nope"], ["--methods", "sam:gamma=1"],
+    ["--methods", "sam:rho=-1"], ["--methods", "sam:rho=x"],
+    ["--methods", "sam", "sam:rho=0.05"], ["--dim", "10", "--heads", "4"],
+    ["--dropout", "1"], ["--block-size", "5000"], ["--seed", "-1"],
+    ["--learning-rate", "abc"]])
+def test_bad_options_give_one_line_and_status_2(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    tlm.main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "error:" in err, err
+
+
+def test_methods_come_from_the_registry_with_their_defaults():
+  assert tlm.parse_method("adamw") == tlm.parse_method("sgd")
+  assert not tlm.parse_method("adamw").transforms
+  spec = tlm.parse_method("forward:gamma=0.02")
+  assert spec.hyperparameters == {"gamma": 0.02, "eps": 0.1}
+  for name, method in gro.METHODS.items():
+    if name != "sgd":
+      assert tlm.parse_method(name).hyperparameters == dict(method.defaults)
+
+
+def test_the_corpus_split_is_deterministic_and_windows_stay_in_their_part():
+  corpus = tlm.load_corpus()
+  again = tlm.load_corpus()
+  assert corpus.info["sha256"] == again.info["sha256"]
+  np.testing.assert_array_equal(corpus.validation, again.validation)
+  assert 0.08 < corpus.info["validation_bytes"] / corpus.info["bytes"] < 0.12
+  for validation in (False, True):
+    starts = corpus.starts(16, validation=validation)
+    covered = starts[:, None] + np.arange(17)
+    assert np.all(corpus.validation[covered] == validation)
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_and_writes_its_results(tmp_path):
+  out = str(tmp_path / "lm")
+  result = tlm.main(["--steps", "4", "--eval-every", "2", "--dim", "16",
+                     "--heads", "2", "--layers", "1", "--block-size", "16",
+                     "--batch-size", "4", "--eval-batches", "2", "--quiet",
+                     "--methods", "adamw", "forward", "--out", out,
+                     "--figure", out + ".png"])
+  with open(out + ".json") as f:
+    saved = json.load(f)
+  assert saved["command"].startswith(
+      "python -m gradreg_optax.experiments.transformer --steps 4")
+  assert [m["method"] for m in saved["methods"]] == ["adamw", "forward"]
+  for m in saved["methods"]:
+    assert m["curve"]["step"] == [0, 2, 4]
+    assert all(np.isfinite(v) for v in m["curve"]["val_loss"])
+  assert saved["methods"][1]["curve"]["sharpness"][-1] is not None
+  assert os.path.getsize(out + ".png") > 0
+  assert result["methods"][0]["final_val_loss"] == saved["methods"][0][
+      "final_val_loss"]

@@ -566,18 +566,14 @@ def run(methods: Sequence[MethodSpec], config: RunConfig) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
   """The final losses and step times as a Markdown table."""
   rows = ["| method | final train loss | final val loss | best val loss | "
-          "step ms (median) | step / AdamW |", "|---|---|---|---|---|---|"]
-  base = next((r["median_step_ms"] for r in result["methods"]
-               if r["method"] == BASELINE), None)
+          "step ms (median) |", "|---|---|---|---|---|"]
   for r in result["methods"]:
     val = [v for v in r["curve"]["val_loss"] if v is not None]
-    ms = r["median_step_ms"]
-    ratio = f"{ms / base:.2f}" if base and ms else "-"
-    train = r["final_train_loss"]
+    ms, train = r["median_step_ms"], r["final_train_loss"]
     rows.append(f"| {r['label']} | "
                 + (f"{train:.4f}" if train is not None else "-")
                 + f" | {r['final_val_loss']:.4f} | {min(val):.4f} | "
-                + (f"{ms:.1f}" if ms else "-") + f" | {ratio} |")
+                + (f"{ms:.1f}" if ms else "-") + " |")
   return "\n".join(rows)
 
 
@@ -735,7 +731,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"steps then cosine. Validation loss on "
           f"{config.eval_batches * config.batch_size} fixed windows, dropout "
           f"off; training loss: mean over the steps since the previous "
-          f"evaluation, dropout on. Device: {result['device']} ({os.cpu_count()} cores);"
+          f"evaluation, dropout on. Step times come from the training loops, "
+          f"one method after the other (for costs relative to AdamW see "
+          f"benchmarks/transformer_cost.py, which interleaves them). Device: {result['device']} ({os.cpu_count()} cores);"
           f" total {result['wall_s']:.0f} s.\n\n" + table(result))
   print(text)
   if args.out:
