@@ -6,8 +6,9 @@ blocks, Dropout) on English text that ships with Python itself, once with
 AdamW alone and once with each gradient-regularization method in front of
 AdamW, and reports the validation loss curves:
 
-    python -m gradreg_optax.experiments.transformer --steps 400 \\
-        --out docs/results/transformer_lm --figure docs/figures/transformer_lm.png
+    python -m gradreg_optax.experiments.transformer \\
+        --out docs/results/transformer_lm \\
+        --figure docs/figures/transformer_lm.png
 
 The corpus is ``pydoc_data.topics.topics``, the help texts that ``help()``
 shows for Python's keywords and language topics (about 465,000 characters of
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import os
 import platform
@@ -133,7 +133,7 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-  """A pre-LayerNorm transformer block: ``x + attn(ln(x))``, ``x + mlp(ln(x))``."""
+  """A pre-LayerNorm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.ln1 = nnx.LayerNorm(config.dim, rngs=rngs)
@@ -348,7 +348,7 @@ def eval_loss(model: TransformerLM, batch: tuple[jax.Array, jax.Array]
   return lm_loss(nnx.view(model, deterministic=True), batch)
 
 
-# --- The corpus ----------------------------------------------------------------
+# --- The corpus ---------------------------------------------------------------
 
 
 CHUNK_BYTES = 4096  # the unit of the train/validation split
@@ -394,7 +394,8 @@ def load_corpus(chunk_bytes: int = CHUNK_BYTES, validation_every: int = 10
   Returns:
     The :class:`Corpus`.
   """
-  from pydoc_data.topics import topics  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from pydoc_data.topics import topics
   if chunk_bytes < 1 or validation_every < 2:
     raise ValueError("chunk_bytes must be >= 1 and validation_every >= 2, "
                      f"got {chunk_bytes} and {validation_every}.")
@@ -449,7 +450,7 @@ def validation_batches(corpus: Corpus, batch_size: int, block_size: int,
           for i in range(0, n, batch_size)]
 
 
-# --- Training ------------------------------------------------------------------
+# --- Training -----------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -615,7 +616,7 @@ def plot(result: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
-# --- Command line --------------------------------------------------------------
+# --- Command line -------------------------------------------------------------
 
 
 class _Parser(argparse.ArgumentParser):
@@ -723,8 +724,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{config.model.num_heads} heads, context {config.model.block_size},"
           f" dropout {config.model.dropout}) on {corpus['source']}, Python "
           f"{corpus['python']}: {corpus['train_bytes']:,} training bytes, "
-          f"{corpus['validation_bytes']:,} validation bytes ({corpus['split']})."
-          f" {config.steps} steps of batch {config.batch_size}, AdamW "
+          f"{corpus['validation_bytes']:,} validation bytes "
+          f"({corpus['split']}). {config.steps} steps of batch "
+          f"{config.batch_size}, AdamW "
           f"(peak lr {config.learning_rate:g}, b2 0.99, weight decay "
           f"{config.weight_decay:g} on linear kernels only, clip "
           f"{config.clip:g}), warm-up {min(config.warmup, config.steps - 1)} "
@@ -733,7 +735,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"off; training loss: mean over the steps since the previous "
           f"evaluation, dropout on. Step times come from the training loops, "
           f"one method after the other (for costs relative to AdamW see "
-          f"benchmarks/transformer_cost.py, which interleaves them). Device: {result['device']} ({os.cpu_count()} cores);"
+          f"benchmarks/transformer_cost.py, which interleaves them). Device: "
+          f"{result['device']} ({os.cpu_count()} cores);"
           f" total {result['wall_s']:.0f} s.\n\n" + table(result))
   print(text)
   if args.out:
