@@ -94,8 +94,12 @@ def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
 
   (loss, (aux, new_rest)), grads = jax.value_and_grad(
       caller_loss, has_aux=True)(params)
-  optimizer.update(model, grads, batch=batch, value=loss,
-                   loss_fn=lambda p: evaluate(p, rest)[0])
+  extra = {}
+  if isinstance(optimizer.tx, optax.GradientTransformationExtraArgs):
+    # (A bare Optax optimizer takes no extra arguments: the plain step.)
+    extra = dict(batch=batch, value=loss,
+                 loss_fn=lambda p: evaluate(p, rest)[0])
+  optimizer.update(model, grads, **extra)
   nnx.update(model, new_rest)
   return (loss, aux) if has_aux else loss
 

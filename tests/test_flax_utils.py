@@ -257,6 +257,24 @@ def test_nnx_step_eager_equals_jitted_and_returns_aux():
   chex.assert_trees_all_close(results[0], results[1], rtol=1e-6, atol=1e-7)
 
 
+def test_nnx_step_with_a_bare_optimizer_is_the_plain_step():
+  model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  reference = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+  plain = nnx.Optimizer(reference, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def plain_step(model, optimizer, batch):
+    loss, grads = nnx.value_and_grad(nnx_loss_fn)(model, batch)
+    optimizer.update(model, grads)
+    return loss
+
+  for batch in _batches(2):
+    loss = gro.nnx_step(model, optimizer, nnx_loss_fn, batch)
+    assert float(loss) == float(plain_step(reference, plain, batch))
+  chex.assert_trees_all_close(_pure(model), _pure(reference), rtol=1e-6)
+
+
 def test_nnx_step_rejects_what_is_not_a_model_or_an_optimizer():
   model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
   optimizer = nnx.Optimizer(model, MAKERS["sam"](nnx_loss_fn), wrt=nnx.Param)
