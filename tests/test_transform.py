@@ -334,3 +334,71 @@ def test_an_nnx_loss_without_nnx_step_is_explained():
   with pytest.raises(TypeError, match="gradreg_optax.sam: `loss_fn` failed on "
                      "the parameters that nnx.Optimizer passes.*nnx_step"):
     optimizer.update(model, grads, batch=BATCH)
+
+
+# --- the state in users' setups ---------------------------------------------------
+
+
+def _train(tx, params, batches, state=None):
+  @jax.jit
+  def step(params, state, batch):
+    loss, grads = jax.value_and_grad(mlp_loss)(params, batch)
+    updates, state = tx.update(grads, state, params, batch=batch, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params) if state is None else state
+  for batch in batches:
+    params, state = step(params, state, batch)
+  return params, state
+
+
+BATCHES = [mlp_batch(jax.random.PRNGKey(40 + k)) for k in range(4)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optax.chain(MAKERS["sam"](mlp_loss), optax.adam(1e-2)),
+    lambda: optax.chain(gro.amortized(MAKERS["forward"](mlp_loss), 2),
+                        optax.sgd(0.1, momentum=0.9)),
+], ids=["sam-adam", "amortized-forward-momentum"])
+@pytest.mark.parametrize("codec", ["flax-bytes", "msgpack", "pickle"])
+def test_a_checkpoint_mid_training_resumes_exactly(make, codec):
+  import pickle
+  from flax import serialization
+  tx = make()
+  want, _ = _train(tx, PARAMS, BATCHES)
+  params, state = _train(tx, PARAMS, BATCHES[:2])
+  saved = {"params": params, "opt_state": state}
+  template = {"params": PARAMS, "opt_state": tx.init(PARAMS)}
+  if codec == "flax-bytes":
+    restored = serialization.from_bytes(template, serialization.to_bytes(saved))
+  elif codec == "msgpack":
+    restored = serialization.from_state_dict(
+        template, serialization.msgpack_restore(serialization.msgpack_serialize(
+            serialization.to_state_dict(saved))))
+  else:
+    restored = pickle.loads(pickle.dumps(jax.device_get(saved)))
+  got, _ = _train(tx, restored["params"], BATCHES[2:],
+                  state=restored["opt_state"])
+  chex.assert_trees_all_equal(got, want)
+
+
+def test_a_vmapped_ensemble_equals_its_members_trained_alone():
+  tx = optax.chain(MAKERS["sam"](mlp_loss), optax.sgd(0.1))
+  members = [mlp_params(jax.random.PRNGKey(k)) for k in range(3)]
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *members)
+
+  def step(params, state, batch):
+    loss, grads = jax.value_and_grad(mlp_loss)(params, batch)
+    updates, state = tx.update(grads, state, params, batch=batch, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  ensemble_step = jax.jit(jax.vmap(step, in_axes=(0, 0, None)))
+  params, state = stacked, jax.vmap(tx.init)(stacked)
+  for b in BATCHES:
+    params, state = ensemble_step(params, state, b)
+  for k, member in enumerate(members):
+    alone, alone_state = _train(tx, member, BATCHES)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], params), alone,
+                                rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gro.metrics(state).sharpness[k],
+                               gro.metrics(alone_state).sharpness, rtol=1e-4)
