@@ -43,6 +43,8 @@ def test_make_method_matches_hand_formula_on_a_quadratic(method):
   unit = g / jnp.linalg.norm(g)
   expected = {
       "sam": a @ (p + cfg.rho * unit) + b,
+      # ASAM scales weight matrices only; on a vector it is SAM.
+      "asam": a @ (p + cfg.rho * unit) + b,
       "gradient_norm_penalty": ((1 - cfg.alpha) * g
                                 + cfg.alpha * (a @ (p + cfg.r * unit) + b)),
   }.get(method, g + cfg.gamma * a @ g)
@@ -53,7 +55,8 @@ def test_make_method_matches_hand_formula_on_a_quadratic(method):
 def test_make_method_flooding_and_errors():
   loss = lambda p, b: jnp.sum(p ** 2)
   tx, flooded = train.make_method("flooding", loss, train.Config(flood=2.0))
-  assert tx is None
+  g = jnp.array([0.5])
+  assert tx.update(g, tx.init(g), g, batch=None)[0] is g  # the identity
   assert float(flooded(jnp.ones(1), None)) == pytest.approx(3.0)  # |1-2|+2
   with pytest.raises(ValueError, match="every_k"):
     train.make_method("sgd", loss, train.Config(every_k=2))
@@ -69,13 +72,16 @@ def test_each_method_trains(method, digits):
   h = r["history"]
   assert np.isfinite(h["train_loss"]).all()
   assert 0.0 <= r["final_test_accuracy"] <= 1.0
-  assert r["final_test_accuracy"] > 0.5  # one epoch is far above chance (0.1)
+  assert r["final_test_accuracy"] > 0.3  # one epoch is far above chance (0.1)
   assert r["images_per_s"] > 0
 
 
 def _params_after(config, dataset):
-  # The history is a function of the parameters; compare the whole curve.
-  return train.train(config, dataset)["history"]
+  # The history is a function of the parameters; compare the whole curve
+  # (not the metrics, which SGD does not measure).
+  h = train.train(config, dataset)["history"]
+  return {k: h[k] for k in ("train_loss", "train_accuracy", "test_loss",
+                            "test_accuracy")}
 
 
 @pytest.mark.parametrize("method,switch_off", [
@@ -225,12 +231,12 @@ def test_compare_reports_accuracy_cost_and_throughput(digits, tmp_path,
                                                       capsys):
   out = tmp_path / "cmp"
   summary = compare.main(
-      ["--seeds", "2", "--methods", "sgd", "F-GR (forward)", "F-GR every_k=4",
+      ["--seeds", "2", "--methods", "sgd", "forward", "forward:every_k=4",
        "--width", "16", "--depth", "3", "--epochs", "1", "--max-steps", "4",
        "--batch-size", "32", "--timing", "2", "4", "--quiet",
        "--out", str(out)])
   rows = {r["label"]: r for r in summary["rows"]}
-  assert list(rows) == ["sgd", "F-GR (forward)", "F-GR every_k=4"]
+  assert list(rows) == ["sgd", "forward", "forward:every_k=4"]
   assert rows["sgd"]["time_ratio"] == 1.0
   for r in rows.values():
     assert len(r["test_accuracies"]) == 2
@@ -238,10 +244,38 @@ def test_compare_reports_accuracy_cost_and_throughput(digits, tmp_path,
                                 32 / r["step_time_median_s"], rtol=1e-12)
   # Three layers: SGD 3L-1 = 8 products, one extra gradient doubles it.
   assert rows["sgd"]["step_matmuls"] == 8
-  assert rows["F-GR (forward)"]["matmul_ratio"] == 2.0
+  assert rows["forward"]["matmul_ratio"] == 2.0
   assert summary["real_data"] and summary["dataset"] == "digits"
   printed = capsys.readouterr().out
-  assert "| F-GR every_k=4 | gamma=0.05, eps=0.1, every_k=4 |" in printed
+  assert "| forward:every_k=4 | gamma=0.05, eps=0.1, every_k=4 |" in printed
+  assert printed.strip().splitlines()[-1].startswith("Against sgd (")
   assert json.loads((tmp_path / "cmp.json").read_text())["rows"][1][
-      "images_per_s"] == rows["F-GR (forward)"]["images_per_s"]
+      "images_per_s"] == rows["forward"]["images_per_s"]
   assert (tmp_path / "cmp.md").read_text().count("\n| ") == 4
+
+
+def test_metrics_logged_per_epoch_are_the_methods_measurements(digits):
+  # One step of F-GR: the logged gradient norm and penalty are those of the
+  # first batch's gradient at the initial parameters.
+  cfg = dataclasses.replace(TINY, method="forward", max_steps=1)
+  h = train.train(cfg, digits)["history"]
+  s = train.setup(cfg, digits)
+  xb, yb = next(data.batches(digits.x_train, digits.y_train, 32,
+                             np.random.RandomState(cfg.seed)))
+  loss_fn = train.make_loss(train.make_model(cfg, 10))
+  g = jax.grad(lambda p: loss_fn(p, (xb, yb, {}))[0])(s.state.params)
+  norm = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
+                     for x in jax.tree.leaves(g)))
+  assert h["grad_norm"][0] == pytest.approx(norm, rel=1e-5)
+  assert h["penalty"][0] == pytest.approx(norm ** 2 / 2, rel=1e-5)
+  assert np.isfinite(h["sharpness"][0])
+  assert "grad_norm" not in train.train(TINY, digits)["history"]  # SGD
+
+
+def test_hyperparameters_default_to_the_registry_and_are_recorded(digits):
+  r = train.train(dataclasses.replace(TINY, method="asam", rho=0.2), digits)
+  assert r["method"] == "asam"
+  assert r["hyperparameters"] == {"rho": 0.2, "adaptive_eta": 0.01}
+  assert train.hyperparameters(train.Config(method="flooding")) == {"b": 0.02}
+  assert train.hyperparameters(train.Config(method="sam", every_k=2)) == {
+      "rho": 0.05, "every_k": 2}

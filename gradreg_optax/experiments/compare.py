@@ -21,40 +21,55 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import train as train_lib
 
-# (label, method, overrides of the shared Config). The hyperparameters are
-# the seeds' recommendations, not tuned on this task.
-DEFAULT_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("sgd", "sgd", {}),
-    ("F-GR (forward)", "forward", {}),
-    ("B-GR (backward)", "backward", {}),
-    ("central", "central", {}),
-    ("double_backprop", "double_backprop", {}),
-    ("jvp", "jvp", {}),
-    ("F-GR every_k=4", "forward", {"every_k": 4}),
-    ("sam", "sam", {}),
-    ("gradient_norm_penalty", "gradient_norm_penalty", {}),
-    ("flooding", "flooding", {}),
-)
+# Method specs ``name[:option=value,...]``; the hyperparameters are the
+# registry's defaults (the seeds' recommendations), not tuned on this task.
+DEFAULT_METHODS = ("sgd", "forward", "backward", "central", "double_backprop",
+                   "jvp", "forward:every_k=4", "sam", "asam",
+                   "gradient_norm_penalty", "flooding")
+
+Entry = tuple[str, str, dict[str, Any]]  # (label, method, Config overrides)
 
 
-def _hyperparameters(method: str, config: train_lib.Config) -> str:
-  names = {"sgd": (), "flooding": ("flood",), "sam": ("rho",),
-           "gradient_norm_penalty": ("alpha", "r")}.get(
-               method, ("gamma", "eps") if method in ("forward", "backward",
-                                                      "central") else ("gamma",))
-  parts = [f"{n}={getattr(config, n):g}" for n in names]
-  if config.every_k != 1:
-    parts.append(f"every_k={config.every_k}")
-  return ", ".join(parts)
+def parse_spec(spec: str) -> Entry:
+  """``"sam:rho=0.1,every_k=2"`` -> ``(spec, "sam", {"rho": 0.1, ...})``.
+
+  Options are :class:`~gradreg_optax.experiments.train.Config` fields or the
+  registry's hyperparameter names (``b`` for ``flood``).
+
+  Raises:
+    ValueError: naming what is wrong with ``spec``.
+  """
+  method, _, options = spec.partition(":")
+  if method not in train_lib.METHODS:
+    raise ValueError(f"unknown method {method!r} in {spec!r}; expected one "
+                     f"of {', '.join(train_lib.METHODS)}")
+  fields = {f.name for f in dataclasses.fields(train_lib.Config)}
+  overrides = {}
+  for item in filter(None, options.split(",")):
+    key, eq, value = item.partition("=")
+    key = train_lib.HYPERPARAMETER_FIELDS.get(key, key)
+    if not eq or key not in fields or key in ("method", "seed"):
+      raise ValueError(f"expected name=value with a hyperparameter or "
+                       f"every_k in {spec!r}, got {item!r}")
+    try:
+      overrides[key] = int(value) if key == "every_k" else float(value)
+    except ValueError:
+      raise ValueError(f"{item!r} in {spec!r} is not a number") from None
+  return spec, method, overrides
+
+
+def _hyperparameters(config: train_lib.Config) -> str:
+  return ", ".join(f"{k}={v:g}"
+                   for k, v in train_lib.hyperparameters(config).items())
 
 
 def time_steps(base: train_lib.Config,
-               entries: Sequence[tuple[str, str, dict[str, Any]]],
-               dataset: Any, rounds: int = 15, steps: int = 12
-               ) -> dict[str, float]:
+               entries: Sequence[Entry], dataset: Any, rounds: int = 15,
+               steps: int = 12, verbose: bool = False) -> dict[str, float]:
   """Median seconds per jitted training step of each entry.
 
   Each entry's step is compiled and run once first (excluded); then the
@@ -71,8 +86,12 @@ def time_steps(base: train_lib.Config,
     step, _ = train_lib.compile_step(s, config.every_k, x, y)
     state = jax.block_until_ready(step(s.state, x, y, s.aug_key, 0)[0])
     prepared[label] = [step, state, x, y, s.aug_key]
+    if verbose:
+      print(f"  compiled {label}", file=sys.stderr, flush=True)
   times = {label: [] for label in prepared}
-  for _ in range(rounds):
+  for r in range(rounds):
+    if verbose:
+      print(f"  timing round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     for label, item in prepared.items():
       step, state, x, y, key = item
       t0 = time.perf_counter()
@@ -85,7 +104,7 @@ def time_steps(base: train_lib.Config,
 
 
 def compare(base: train_lib.Config, seeds: Sequence[int],
-            entries: Sequence[tuple[str, str, dict[str, Any]]] = DEFAULT_ENTRIES,
+            entries: Sequence[Entry] | None = None,
             dataset: Any = None, verbose: bool = False,
             timing: tuple[int, int] = (15, 12)) -> dict[str, Any]:
   """Runs every entry for every seed; returns per-run and summary results.
@@ -93,18 +112,22 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
   Args:
     base: the shared configuration (data, model, optimizer, epochs).
     seeds: one run per seed and entry.
-    entries: ``(label, method, config overrides)`` triples; the first one is
-      the reference for the relative step costs (SGD by default).
+    entries: ``(label, method, config overrides)`` triples (default: those
+      of :data:`DEFAULT_METHODS`); the first one is the reference for the
+      relative step costs and the paired accuracy differences.
     dataset: a loaded :class:`~gradreg_optax.experiments.data.Dataset` to use
       instead of loading ``base.dataset``.
-    verbose: print one line per run (to stderr).
+    verbose: print the progress of every phase (to stderr).
     timing: ``(rounds, steps)`` of :func:`time_steps`.
 
   Returns:
     A dict with ``rows`` (one summary per entry) and ``runs``.
   """
+  if entries is None:
+    entries = [parse_spec(s) for s in DEFAULT_METHODS]
   data = dataset if dataset is not None else train_lib.load_data(base)
   runs, rows = [], []
+  total = len(entries) * len(seeds)
   for label, method, overrides in entries:
     config = dataclasses.replace(base, method=method, **overrides)
     accs, times, matmuls = [], [], None
@@ -121,20 +144,27 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
                    "step_matmuls": matmuls, "wall_s": elapsed,
                    "history": result["history"]})
       if verbose:
-        print(f"  {label:24s} seed {seed}: test accuracy "
+        print(f"  [{len(runs)}/{total}] {label} seed {seed}: test accuracy "
               f"{result['final_test_accuracy']:.4f} ({elapsed:.1f} s)",
               file=sys.stderr, flush=True)
     rows.append({"label": label, "method": method,
-                 "hyperparameters": _hyperparameters(method, config),
+                 "hyperparameters": _hyperparameters(config),
                  "test_accuracy_mean": float(np.mean(accs)),
                  "test_accuracy_std": float(np.std(accs)),
                  "test_accuracies": accs,
                  "step_time_median_s": float(np.median(times)),
                  "step_matmuls": matmuls})
-  step_times = time_steps(base, entries, data, *timing)
+  if verbose:
+    print(f"timing every method's step: {timing[0]} rounds of {timing[1]} "
+          "steps each, in turns", file=sys.stderr, flush=True)
+  step_times = time_steps(base, entries, data, *timing, verbose=verbose)
   for row in rows:
     row["step_time_median_s"] = step_times[row["label"]]
   ref = rows[0]
+  for row in rows:
+    diff = np.subtract(row["test_accuracies"], ref["test_accuracies"])
+    row["paired_difference_mean"] = float(diff.mean())
+    row["paired_difference_std"] = float(diff.std())
   batch_size = min(base.batch_size, len(data.x_train))
   for row in rows:
     row["time_ratio"] = row["step_time_median_s"] / ref["step_time_median_s"]
@@ -164,6 +194,36 @@ def table(summary: dict[str, Any]) -> str:
         f"{100 * row['test_accuracy_std']:.2f} % | "
         f"{row['time_ratio']:.2f} | {row['images_per_s']:.0f} | {matmul} |")
   return "\n".join(lines)
+
+
+def conclusion(summary: dict[str, Any]) -> str:
+  """One sentence on what the table shows about accuracy.
+
+  A method differs from the reference (the first row) when the mean of its
+  per-seed paired differences exceeds their standard deviation.
+  """
+  ref, rows = summary["rows"][0], summary["rows"][1:]
+  n = len(summary["seeds"])
+  if n < 2:
+    return ("With one seed the table cannot separate the methods' accuracy "
+            f"from seed noise; run --seeds 3 or more.")
+  out = [r for r in rows if abs(r["paired_difference_mean"])
+         > r["paired_difference_std"]]
+  head = (f"Against {ref['label']} ({100 * ref['test_accuracy_mean']:.2f} ± "
+          f"{100 * ref['test_accuracy_std']:.2f} %, {n} seeds, paired by "
+          "seed): ")
+  if not out:
+    return head + ("every method is within the seed spread, so this table "
+                   "shows no difference in accuracy between them; only "
+                   "their costs differ.")
+  named = ", ".join(f"{r['label']} ({100 * r['paired_difference_mean']:+.2f}"
+                    f" ± {100 * r['paired_difference_std']:.2f})" for r in out)
+  rest = len(rows) - len(out)
+  verb = "differs" if len(out) == 1 else "differ"
+  return (head + f"{named} {verb} by more than the spread of the paired "
+          f"differences (points); the other {rest} "
+          f"{'method is' if rest == 1 else 'methods are'} within it "
+          f"({n} seeds make this a hint, not a finding).")
 
 
 def plot(summary: dict[str, Any], path: str) -> None:
@@ -200,36 +260,53 @@ def plot(summary: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--seeds", type=int, default=3,
+  parser = _cli.parser("gradreg_optax.experiments.compare",
+                       __doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=_cli.POSITIVE_INT, default=3,
                       help="number of seeds (0, 1, ...)")
-  parser.add_argument("--methods", nargs="*", default=None,
-                      help="labels of DEFAULT_ENTRIES to run (default: all)")
+  parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                      metavar="SPEC",
+                      help="methods as name[:option=value,...], e.g. sgd "
+                      "sam:rho=0.1 forward:every_k=4; the first is the "
+                      "reference (default: " + " ".join(DEFAULT_METHODS) + ")")
   parser.add_argument("--out", default=None,
                       help="write OUT.json and OUT.md")
   parser.add_argument("--figure", default=None, help="write this PNG")
-  parser.add_argument("--timing", type=int, nargs=2, default=(15, 12),
-                      metavar=("ROUNDS", "STEPS"),
+  parser.add_argument("--timing", type=_cli.POSITIVE_INT, nargs=2,
+                      default=(15, 12), metavar=("ROUNDS", "STEPS"),
                       help="step timing: ROUNDS turns of STEPS steps per "
                       "method (STEPS a multiple of every_k)")
-  train_lib.add_config_arguments(parser, skip=("method", "seed", "out_dir"))
+  train_lib.add_config_arguments(parser, skip=(
+      "method", "seed", "out_dir", *train_lib.HYPERPARAMETER_FIELDS.values(),
+      "every_k"))
   parser.set_defaults(epochs=20)
   args = parser.parse_args(argv)
-  base = train_lib.config_from_args(args, quiet=True)
-  entries = DEFAULT_ENTRIES
-  if args.methods:
-    unknown = set(args.methods) - {e[0] for e in entries}
-    if unknown:
-      parser.error(f"unknown --methods {sorted(unknown)}; choose from "
-                   f"{[e[0] for e in entries]}")
-    entries = [e for e in entries if e[0] in args.methods]
+  base = train_lib.config_from_args(parser, args, quiet=True)
+  entries = []
+  for spec in args.methods:
+    try:
+      entries.append(parse_spec(spec))
+    except ValueError as e:
+      parser.error(f"argument --methods: {e}")
+    label, method, overrides = entries[-1]
+    train_lib.check(parser, dataclasses.replace(base, method=method,
+                                                **overrides),
+                    prefix=f"--methods {label}: ")
+  data = train_lib.load_data_or_exit(parser, base)
+  verbose = not args.quiet
+  if verbose:
+    print(f"comparing {len(entries)} methods x {args.seeds} seeds = "
+          f"{len(entries) * args.seeds} runs of {base.epochs} epochs "
+          f"({base.model} on {data.name}), then timing every method's step",
+          file=sys.stderr, flush=True)
 
   t0 = time.perf_counter()
-  summary = compare(base, list(range(args.seeds)), entries,
-                    verbose=not args.quiet, timing=tuple(args.timing))
+  summary = compare(base, list(range(args.seeds)), entries, data,
+                    verbose=verbose, timing=tuple(args.timing))
   summary["wall_s"] = time.perf_counter() - t0
   summary["command"] = _report.command_line(
       "gradreg_optax.experiments.compare", argv)
+  summary["conclusion"] = conclusion(summary)
   kind = "real data" if summary["real_data"] else "SYNTHETIC data"
   text = (f"{summary['dataset']} ({kind}), model {base.model}, "
           f"{base.epochs} epochs, batch {base.batch_size}, SGD momentum "
@@ -238,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           + f"\n\nstep time: median wall clock per jitted step on "
           f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores), "
           f"compilation excluded, methods timed in turns; matmuls: matrix "
-          f"products in the compiled step; total {summary['wall_s']:.0f} s")
+          f"products in the compiled step; total {summary['wall_s']:.0f} s"
+          f"\n\n{summary['conclusion']}")
   print(text)
   if args.out:
     _report.save(args.out, summary, text)

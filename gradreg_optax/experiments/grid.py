@@ -11,7 +11,6 @@ deviation over seeds. ``gamma = 0`` is plain SGD (one run, reused for every
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import train as train_lib
 
@@ -108,22 +108,33 @@ def heatmap(result: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--gammas", type=float, nargs="+", default=GAMMAS)
-  parser.add_argument("--epsilons", type=float, nargs="+", default=EPSILONS)
-  parser.add_argument("--seeds", type=int, default=3)
+  parser = _cli.parser("gradreg_optax.experiments.grid",
+                       __doc__.split("\n")[0])
+  parser.add_argument("--gammas", type=_cli.NONNEGATIVE, nargs="+",
+                      default=GAMMAS, help="GR strengths")
+  parser.add_argument("--epsilons", type=_cli.POSITIVE, nargs="+",
+                      default=EPSILONS, help="finite-difference steps")
+  parser.add_argument("--seeds", type=_cli.POSITIVE_INT, default=3,
+                      help="number of seeds (0, 1, ...)")
   parser.add_argument("--out", default=None, help="write OUT.json, OUT.md")
   parser.add_argument("--figure", default=None, help="write the heatmap PNG")
   train_lib.add_config_arguments(
-      parser, skip=("gamma", "eps", "seed", "out_dir"))
+      parser, skip=("gamma", "eps", "seed", "out_dir", "rho", "adaptive_eta",
+                    "alpha", "r", "flood"))
   parser.set_defaults(method="forward", epochs=20)
   args = parser.parse_args(argv)
-  base = train_lib.config_from_args(args, quiet=True)
-  if base.method not in ("forward", "backward", "central"):
-    parser.error("the (eps, gamma) grid is for forward, backward or central")
+  if args.method not in ("forward", "backward", "central"):
+    parser.error("argument --method: the (eps, gamma) grid is for forward, "
+                 f"backward or central, got {args.method!r}")
+  base = train_lib.config_from_args(parser, args, quiet=True)
+  data = train_lib.load_data_or_exit(parser, base)
+  if not args.quiet:
+    print(f"grid: {len(args.gammas)} gammas x {len(args.epsilons)} epsilons "
+          f"x {args.seeds} seeds of {base.method} ({base.model} on "
+          f"{data.name}, {base.epochs} epochs)", file=sys.stderr, flush=True)
   t0 = time.perf_counter()
   result = grid_search(base, args.gammas, args.epsilons,
-                       list(range(args.seeds)), verbose=not args.quiet)
+                       list(range(args.seeds)), data, verbose=not args.quiet)
   result["wall_s"] = time.perf_counter() - t0
   result["command"] = _report.command_line("gradreg_optax.experiments.grid",
                                            argv)

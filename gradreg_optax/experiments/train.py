@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -27,13 +28,17 @@ import optax
 from flax.training import train_state
 
 import gradreg_optax as gro
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import data as data_lib
 from gradreg_optax.experiments import models
 
-METHODS = ("sgd",) + tuple(gro.METHODS) + (
-    "sam", "gradient_norm_penalty", "flooding")
+METHODS = tuple(gro.METHODS)
 MODELS = ("mlp", "cnn", "resnet18")
 DATASETS = ("digits", "cifar10", "synthetic")
+# The registry's name of each hyperparameter -> the Config field holding it.
+HYPERPARAMETER_FIELDS = {"gamma": "gamma", "eps": "eps", "rho": "rho",
+                         "adaptive_eta": "adaptive_eta", "alpha": "alpha",
+                         "r": "r", "b": "flood"}
 
 
 @dataclasses.dataclass
@@ -45,14 +50,16 @@ class Config:
   model: str = "mlp"
   width: int | None = None  # MLP width / ResNet base width (DEFAULT_WIDTH)
   depth: int = 3            # MLP depth (number of dense layers)
-  # Method hyperparameters (each method reads its own).
-  gamma: float = 0.05       # GR strength
-  eps: float = 0.1          # GR finite-difference step
-  rho: float = 0.05         # SAM radius
-  alpha: float = 0.8        # gradient-norm penalty mix
-  r: float = 0.05           # gradient-norm penalty radius
-  flood: float = 0.02       # flooding level b
-  every_k: int = 1          # amortize the correction over k steps
+  # Method hyperparameters, each read by the methods that have it; None
+  # takes the method's default in gro.METHODS.
+  gamma: float | None = None
+  eps: float | None = None
+  rho: float | None = None
+  adaptive_eta: float | None = None
+  alpha: float | None = None
+  r: float | None = None
+  flood: float | None = None  # flooding level b
+  every_k: int = 1          # recompute the correction every k steps
   # Optimization.
   epochs: int = 30
   batch_size: int = 128
@@ -72,49 +79,67 @@ class Config:
   out_dir: str | None = None
 
 
+def _method(name: str) -> gro.Method:
+  if name not in gro.METHODS:
+    raise ValueError(f"Unknown method {name!r}; expected one of {METHODS}.")
+  return gro.METHODS[name]
+
+
+def hyperparameters(config: Config) -> dict[str, Any]:
+  """The method's hyperparameters: the config's values, else the defaults.
+
+  Keyed by the registry's names (``b`` for ``flood``), with ``every_k`` where
+  it is not 1.
+  """
+  method = _method(config.method)
+  values = {}
+  for name, default in method.defaults.items():
+    value = getattr(config, HYPERPARAMETER_FIELDS[name])
+    values[name] = default if value is None else value
+  if config.every_k != 1:
+    values["every_k"] = config.every_k
+  return values
+
+
+def unused_options(config: Config) -> list[str]:
+  """The config's hyperparameters that its method does not read."""
+  used = {HYPERPARAMETER_FIELDS[n] for n in _method(config.method).defaults}
+  return [f for f in HYPERPARAMETER_FIELDS.values()
+          if getattr(config, f) is not None and f not in used]
+
+
 def make_method(name: str, loss_fn: Callable[..., Any], config: Config, *,
-                has_aux: bool = False
-                ) -> tuple[optax.GradientTransformationExtraArgs | None,
-                           Callable[..., Any]]:
-  """The one place that maps a method name to the library's API.
+                has_aux: bool = False) -> gro.Regularized:
+  """The method ``name`` from the registry, amortized if ``config`` says so.
 
   Args:
-    name: one of :data:`METHODS`.
+    name: one of :data:`METHODS` (the keys of ``gro.METHODS``).
     loss_fn: ``loss_fn(params, batch)`` (or ``(loss, aux)`` with ``has_aux``).
-    config: supplies the hyperparameters (``gamma``, ``eps``, ``rho``,
-      ``alpha``, ``r``, ``flood``, ``every_k``).
+    config: supplies the hyperparameters (see :func:`hyperparameters`) and
+      ``every_k`` (``gro.amortized`` for ``every_k > 1``).
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
 
   Returns:
-    ``(transformation, training_loss)``: the transformation to put first in
-    the chain (``None`` for plain SGD and flooding) and the loss to
-    differentiate (the flooded loss for flooding, else ``loss_fn``).
+    ``gro.Regularized(tx, loss_fn)``: the transformation to put first in the
+    chain and the loss to differentiate.
 
   Example:
     >>> import jax.numpy as jnp
     >>> loss = lambda p, b: jnp.sum((p - b) ** 2)
     >>> tx, train_loss = make_method("forward", loss, Config(gamma=0.1))
-    >>> tx is not None, train_loss is loss
-    (True, True)
+    >>> train_loss is loss
+    True
   """
-  if name not in METHODS:
-    raise ValueError(f"Unknown method {name!r}; expected one of {METHODS}.")
-  amortizable = name not in ("sgd", "flooding")
-  if config.every_k != 1 and not amortizable:
+  method = _method(name)
+  hyper = hyperparameters(dataclasses.replace(config, method=name))
+  every_k = hyper.pop("every_k", 1)
+  if every_k != 1 and not method.transforms:
     raise ValueError(f"every_k applies to methods with a correction, not "
                      f"{name!r}.")
-  opts = dict(has_aux=has_aux, every_k=config.every_k)
-  if name == "sgd":
-    return None, loss_fn
-  if name == "flooding":
-    return None, gro.flooding(loss_fn, config.flood, has_aux=has_aux)
-  if name == "sam":
-    return gro.sam(loss_fn, config.rho, **opts), loss_fn
-  if name == "gradient_norm_penalty":
-    return gro.gradient_norm_penalty(loss_fn, config.alpha, config.r,
-                                     **opts), loss_fn
-  return gro.gradient_regularization(loss_fn, config.gamma, method=name,
-                                     eps=config.eps, **opts), loss_fn
+  tx, train_loss = method(loss_fn, has_aux=has_aux, **hyper)
+  if every_k != 1:
+    tx = gro.amortized(tx, every_k)
+  return gro.Regularized(tx, train_loss)
 
 
 def load_data(config: Config) -> data_lib.Dataset:
@@ -207,8 +232,10 @@ def _progress(iterable, total, desc, disable):
 class Setup(NamedTuple):
   """The pieces of a run, before its first step."""
   state: TrainState
-  # (state, x, y, key, recompute=None) -> (state, loss, acc); ``recompute``
-  # is static: the host's choice for ``every_k`` (see :func:`compile_step`).
+  # (state, x, y, key, recompute=None) -> (state, loss, acc, metrics), the
+  # metrics (gro.Metrics) None for the methods that only change the loss;
+  # ``recompute`` is static: the host's choice for ``every_k`` (see
+  # :func:`compile_step`).
   train_step: Callable[..., Any]
   eval_step: Callable[..., Any]   # (state, x, y) -> (loss sum, correct)
   aug_key: jax.Array
@@ -223,6 +250,7 @@ def setup(config: Config, data: data_lib.Dataset) -> Setup:
   loss_fn = make_loss(model)
   regularizer, train_loss = make_method(config.method, loss_fn, config,
                                         has_aux=True)
+  measures = _method(config.method).transforms
   batch_size = min(config.batch_size, len(data.x_train))
   steps_per_epoch = len(data.x_train) // batch_size
   total_steps = steps_per_epoch * config.epochs
@@ -236,7 +264,7 @@ def setup(config: Config, data: data_lib.Dataset) -> Setup:
   init_key, aug_key = jax.random.split(key)
   variables = jax.jit(model.init)(init_key, jnp.asarray(data.x_train[:1]))
   tx = optax.chain(
-      *([regularizer] if regularizer is not None else []),
+      regularizer,
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(_schedule(config, max(total_steps, 1)),
                 momentum=config.momentum or None),
@@ -255,9 +283,11 @@ def setup(config: Config, data: data_lib.Dataset) -> Setup:
     (loss, aux), grads = jax.value_and_grad(train_loss, has_aux=True)(
         state.params, batch)
     extra = {} if recompute is None else {"recompute": recompute}
-    state = gro.apply_gradients(state, grads, batch=batch, **extra)
+    state = gro.apply_gradients(state, grads, batch=batch, value=loss,
+                                **extra)
     state = state.replace(batch_stats=aux["batch_stats"])
-    return state, loss, aux["accuracy"]
+    metrics = gro.metrics(state.opt_state) if measures else None
+    return state, loss, aux["accuracy"], metrics
 
   @jax.jit
   def eval_step(state, x, y):
@@ -280,8 +310,8 @@ def compile_step(s: Setup, every_k: int, x: Any, y: Any
   ``every_k > 1`` the recompute-or-reuse choice is made here on the host,
   between two executables, rather than by the default ``lax.cond`` on the
   device: XLA's CPU backend runs convolutions inside a conditional far more
-  slowly (ResNet-18 at 15x SGD instead of 1.2x; jax-ml/jax#12868), and on
-  GPUs the conditional itself costs time.
+  slowly (jax-ml/jax#12868), and on GPUs the conditional itself costs time.
+  A step after one whose correction was not finite recomputes.
   """
   if every_k == 1:
     one = s.train_step.lower(s.state, x, y, s.aug_key).compile()
@@ -289,8 +319,11 @@ def compile_step(s: Setup, every_k: int, x: Any, y: Any
   fresh, reuse = (s.train_step.lower(s.state, x, y, s.aug_key,
                                      recompute=r).compile()
                   for r in (True, False))
-  return (lambda state, x, y, key, i:
-          (fresh if i % every_k == 0 else reuse)(state, x, y, key)), fresh
+  def step(state, x, y, key, i):
+    recompute = i % every_k == 0 or gro.needs_recompute(state.opt_state)
+    return (fresh if recompute else reuse)(state, x, y, key)
+
+  return step, fresh
 
 
 def median_step_time(step_times: Sequence[float], every_k: int = 1,
@@ -310,6 +343,24 @@ def median_step_time(step_times: Sequence[float], every_k: int = 1,
   return float(np.median(times[:n].reshape(-1, every_k).mean(axis=1)))
 
 
+def describe(config: Config, data: data_lib.Dataset) -> str:
+  """One line on what a run trains: method, model, data, optimizer, device."""
+  method = _method(config.method)
+  hyper = ", ".join(f"{k}={v:g}" for k, v in hyperparameters(config).items())
+  width = config.width or DEFAULT_WIDTH.get(config.model)
+  model = {"mlp": f"MLP {config.depth} x {width}", "cnn": "small CNN",
+           "resnet18": f"ResNet-18 (width {width})"}[config.model]
+  kind = "" if data.name != "synthetic" else "synthetic data, "
+  return (f"{method.label} ({hyper or 'no hyperparameters'}) | {model} | "
+          f"{data.name} ({kind}{len(data.x_train)} train, {len(data.x_test)} "
+          f"test) | SGD momentum {config.momentum}, {config.schedule} lr "
+          f"{config.learning_rate:g}, batch {config.batch_size}, "
+          f"{config.epochs} epochs | {jax.devices()[0].device_kind}")
+
+
+METRICS_LOGGED = ("grad_norm", "sharpness", "penalty")
+
+
 def train(config: Config, dataset: data_lib.Dataset | None = None, *,
           return_state: bool = False) -> Any:
   """Trains one model and returns its curves and timings.
@@ -321,26 +372,33 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
       optimizer state, BatchNorm statistics).
 
   Returns:
-    A JSON-serializable dict: the config, per-epoch ``history`` (train loss
-    and accuracy, test loss and accuracy), ``final_test_accuracy``,
-    ``step_time_median_s`` (wall clock per jitted step, the first steps with
-    compilation excluded, see :func:`median_step_time`), ``images_per_s``
-    and ``step_matmuls``, the number of matrix products in the compiled step
+    A JSON-serializable dict: the config, the ``method`` and its resolved
+    ``hyperparameters``, per-epoch ``history`` (train loss and accuracy,
+    test loss and accuracy, and for the methods that transform the gradient
+    the epoch's mean of the metrics in :data:`METRICS_LOGGED`),
+    ``final_test_accuracy``, ``step_time_median_s`` (wall clock per jitted
+    step, the first steps with compilation excluded, see
+    :func:`median_step_time`), ``images_per_s`` and ``step_matmuls``, the
+    number of matrix products in the compiled step
     (:func:`gradreg_optax.cost.count_matmuls`). With ``return_state``, the
     pair ``(results, state)``.
   """
   data = dataset if dataset is not None else load_data(config)
+  if not config.quiet:
+    print(describe(config, data), flush=True)
   setup_ = setup(config, data)
   state, _, eval_step, aug_key, batch_size, steps_per_epoch, \
       total_steps = setup_
   rng = np.random.RandomState(config.seed)
+  measures = _method(config.method).transforms
   history = {k: [] for k in ("epoch", "train_loss", "train_accuracy",
-                             "test_loss", "test_accuracy")}
+                             "test_loss", "test_accuracy")
+             + (METRICS_LOGGED if measures else ())}
   step_times, step = [], 0
   quiet = config.quiet or not sys.stderr.isatty()
   cost, step_fn = None, None
   for epoch in range(config.epochs):
-    losses, accs = [], []
+    losses, accs, metrics = [], [], []
     it = data_lib.batches(data.x_train, data.y_train, batch_size, rng)
     for xb, yb in _progress(it, steps_per_epoch, f"epoch {epoch + 1}", quiet):
       if step >= total_steps:
@@ -353,11 +411,12 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
         if config.measure_cost:
           cost = gro.cost.count_matmuls(executable.as_text())
       t0 = time.perf_counter()
-      state, loss, acc = step_fn(state, xb, yb, step_key, step)
+      state, loss, acc, m = step_fn(state, xb, yb, step_key, step)
       loss = float(loss)  # waits for the step
       step_times.append(time.perf_counter() - t0)
       losses.append(loss)
-      accs.append(float(acc))
+      accs.append(acc)
+      metrics.append(m)
       step += 1
     if not losses:
       break
@@ -368,13 +427,23 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
     history["train_accuracy"].append(float(np.mean(accs)))
     history["test_loss"].append(test_loss)
     history["test_accuracy"].append(test_acc)
+    logged = ""
+    for name in METRICS_LOGGED if measures else ():
+      values = np.array([getattr(m, name) for m in metrics], np.float64)
+      finite = values[np.isfinite(values)]
+      # NaN where the method does not measure it (the penalty of SAM).
+      history[name].append(float(finite.mean()) if finite.size else None)
+      if finite.size:
+        logged += f"  {name} {history[name][-1]:.4g}"
     if not config.quiet:
       print(f"epoch {epoch + 1:3d}  train loss {history['train_loss'][-1]:.4f}"
             f"  acc {history['train_accuracy'][-1]:.4f}  test loss "
-            f"{test_loss:.4f}  acc {test_acc:.4f}", flush=True)
+            f"{test_loss:.4f}  acc {test_acc:.4f}{logged}", flush=True)
 
   median = median_step_time(step_times, config.every_k)
   results = {
+      "method": config.method,
+      "hyperparameters": hyperparameters(config),
       "config": dataclasses.asdict(config),
       "dataset": data.name,
       "num_params": int(sum(np.size(p) for p in jax.tree.leaves(state.params))),
@@ -420,6 +489,60 @@ def save_results(results: dict[str, Any], out_dir: str) -> None:
   plt.close(fig)
 
 
+_HELP = {
+    "method": "the method (gro.METHODS)",
+    "dataset": "digits: scikit-learn's (bundled); cifar10: its Python "
+               "format in --data-dir; synthetic: random images",
+    "data_dir": "directory of CIFAR-10's data_batch_* and test_batch files",
+    "model": "the classifier",
+    "depth": "MLP depth (dense layers)",
+    "gamma": "GR strength",
+    "eps": "finite-difference step",
+    "rho": "radius",
+    "adaptive_eta": "ASAM's eta",
+    "alpha": "norm penalty mix",
+    "r": "norm penalty radius",
+    "flood": "flooding level b",
+    "every_k": "recompute the correction every k steps (gro.amortized)",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "learning_rate": "peak learning rate",
+    "momentum": "SGD momentum (0: none)",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule",
+    "max_steps": "stop after this many steps (default: all epochs)",
+    "num_train": "synthetic training images",
+    "num_test": "synthetic test images",
+    "image_size": "synthetic image side",
+    "seed": "seed of initialization, data order and augmentation",
+    "quiet": "print only the result",
+    "measure_cost": "count the matmuls of the compiled step",
+    "out_dir": "write results.json and curves.png here",
+}
+_TYPES = {"depth": _cli.POSITIVE_INT, "every_k": _cli.POSITIVE_INT,
+          "epochs": _cli.POSITIVE_INT, "batch_size": _cli.POSITIVE_INT,
+          "max_steps": _cli.POSITIVE_INT, "num_train": _cli.POSITIVE_INT,
+          "num_test": _cli.POSITIVE_INT, "image_size": _cli.number(int, 8),
+          "seed": _cli.number(int, 0), "learning_rate": _cli.POSITIVE,
+          "momentum": _cli.number(float, 0), "weight_decay": _cli.NONNEGATIVE,
+          "data_dir": str, "out_dir": str,
+          **{f: _cli.NONNEGATIVE for f in HYPERPARAMETER_FIELDS.values()},
+          "eps": _cli.POSITIVE}
+
+
+_REGISTRY_NAME = {f: n for n, f in HYPERPARAMETER_FIELDS.items()}
+
+
+def _defaults_in_registry(name: str) -> str:
+  """`` (default: sam 0.05, asam 0.5)``: who reads ``name`` and its value."""
+  users = {m.name: m.defaults[name] for m in gro.METHODS.values()
+           if name in m.defaults}
+  if len(set(users.values())) == 1:
+    return (f" ({', '.join(users)}; default: "
+            f"{next(iter(users.values())):g})")
+  return " (default: " + ", ".join(f"{m} {v:g}" for m, v in users.items()) + ")"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser,
                          skip: Sequence[str] = ()) -> None:
   """Adds one ``--flag`` per :class:`Config` field (shared by the scripts)."""
@@ -429,43 +552,92 @@ def add_config_arguments(parser: argparse.ArgumentParser,
       continue
     flag = "--" + field.name.replace("_", "-")
     default = getattr(defaults, field.name)
+    help_ = _HELP.get(field.name)
+    if field.name in _REGISTRY_NAME:
+      help_ += _defaults_in_registry(_REGISTRY_NAME[field.name])
     if field.name == "augment":
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                           default=None, help="CIFAR augmentation "
-                          "(default: on for 32x32 images)")
+                          "(default: on for 32x32 images only)")
     elif isinstance(default, bool):
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                          default=default)
+                          default=default, help=help_)
     elif field.name == "width":
-      parser.add_argument(flag, type=int, default=None, help=(
+      parser.add_argument(flag, type=_cli.POSITIVE_INT, default=None, help=(
           "MLP width / ResNet-18 base width (default: " + ", ".join(
               f"{k} {v}" for k, v in DEFAULT_WIDTH.items()) + ")"))
-    elif field.name in ("max_steps", "data_dir", "out_dir"):
-      kind = int if field.name == "max_steps" else str
-      parser.add_argument(flag, type=kind, default=default)
     else:
       choices = {"method": METHODS, "model": MODELS, "dataset": DATASETS,
                  "schedule": ("cosine", "constant")}.get(field.name)
-      parser.add_argument(flag, type=type(default), default=default,
-                          choices=choices)
+      parser.add_argument(flag, type=_TYPES.get(field.name, type(default)),
+                          default=default, choices=choices, help=help_)
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
+def config_from_args(parser: argparse.ArgumentParser,
+                     args: argparse.Namespace, **overrides: Any) -> Config:
+  """The :class:`Config` of parsed arguments, checked by :func:`check`."""
   names = {f.name for f in dataclasses.fields(Config)}
   values = {k: v for k, v in vars(args).items() if k in names}
   values.update(overrides)
-  return Config(**values)
+  return check(parser, Config(**values))
+
+
+def check(parser: argparse.ArgumentParser, config: Config,
+          prefix: str = "") -> Config:
+  """Checks a config as a whole; returns it.
+
+  A value the library rejects or a data directory that does not exist ends
+  the program through ``parser.error`` (one line, exit status 2); an option
+  the method does not use is warned about. ``prefix`` starts each message
+  (e.g. which entry of a list is meant).
+  """
+  for field in unused_options(config):
+    _cli.warn(f"{prefix}--{field.replace('_', '-')} is not used by method "
+              f"{config.method!r}")
+  if config.every_k != 1 and not _method(config.method).transforms:
+    parser.error(f"{prefix}argument --every-k: method {config.method!r} has "
+                 "no correction to amortize; expected 1")
+  try:  # the library's own checks, reported against the option
+    make_method(config.method, lambda p, b: 0.0, config)
+  except (TypeError, ValueError) as e:
+    found = re.search(r"`(\w+)` (.*)", str(e))
+    if not found:
+      parser.error(prefix + str(e))
+    flag = HYPERPARAMETER_FIELDS.get(found[1], found[1]).replace("_", "-")
+    parser.error(f"{prefix}argument --{flag}: {found[2].rstrip('.')}")
+  if config.dataset == "cifar10":
+    if not config.data_dir:
+      parser.error("argument --data-dir: --dataset cifar10 needs the "
+                   "directory of CIFAR-10's Python files (nothing is "
+                   "downloaded)")
+    if not os.path.isdir(config.data_dir):
+      parser.error(f"argument --data-dir: no such directory: "
+                   f"{config.data_dir!r}")
+  elif config.data_dir:
+    _cli.warn(f"--data-dir is not used by --dataset {config.dataset}")
+  return config
+
+
+def load_data_or_exit(parser: argparse.ArgumentParser,
+                      config: Config) -> data_lib.Dataset:
+  """:func:`load_data`, its failures reported as one line."""
+  try:
+    return load_data(config)
+  except (OSError, ValueError, KeyError) as e:
+    parser.error(f"cannot read --dataset {config.dataset} from "
+                 f"{config.data_dir!r}: {e}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = _cli.parser("gradreg_optax.experiments.train",
+                       __doc__.split("\n")[0])
   add_config_arguments(parser)
   args = parser.parse_args(argv)
-  config = config_from_args(args)
-  results = train(config)
+  config = config_from_args(parser, args)
+  results = train(config, load_data_or_exit(parser, config))
   print(json.dumps({k: results[k] for k in (
-      "dataset", "final_test_accuracy", "steps", "step_time_median_s",
-      "step_matmuls")}))
+      "method", "hyperparameters", "dataset", "final_test_accuracy", "steps",
+      "step_time_median_s", "step_matmuls")}))
   print(f"throughput: {results['images_per_s']:.1f} images/s "
         f"({results['device']}, median over {results['steps']} steps but "
         "the first)")
