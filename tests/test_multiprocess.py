@@ -33,7 +33,8 @@ def _distributed_unavailable():
   if initialize is None:
     return "jax.distributed.initialize is not available in this JAX"
   if "jax_cpu_collectives_implementation" not in jax.config.values:
-    return "this JAX has no CPU collectives (jax_cpu_collectives_implementation)"
+    return ("this JAX has no collectives between CPU processes "
+            "(jax_cpu_collectives_implementation)")
   return None
 
 
