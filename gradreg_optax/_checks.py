@@ -90,9 +90,13 @@ def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,
     raise TypeError(f"{where}: `mask` must be a pytree of bools like the "
                     "parameters, or a callable of the parameters returning "
                     f"one, got {mask!r}.")
-  if axis_name is not None and not isinstance(axis_name, str):
-    raise TypeError(f"{where}: `axis_name` must be a string or None, got "
-                    f"{axis_name!r}.")
+  if axis_name is not None and not (
+      isinstance(axis_name, str)
+      or (isinstance(axis_name, tuple) and axis_name
+          and all(isinstance(a, str) for a in axis_name))):
+    raise TypeError(f"{where}: `axis_name` must be a string, a non-empty "
+                    "tuple of strings (mesh axes averaged over together), or "
+                    f"None, got {axis_name!r}.")
   if per_device_perturbation and axis_name is None:
     raise ValueError(f"{where}: `per_device_perturbation=True` needs "
                      "`axis_name`: the devices' gradients can only be told "

@@ -24,6 +24,8 @@ Scalar = Union[float, int, Array]
 ScalarOrSchedule = Union[Scalar, optax.Schedule]
 LossFn = Callable[..., Any]
 MaskOrFn = Any  # a pytree of bools like the parameters, or a callable of them
+# One pmap/shard_map axis, or several mesh axes averaged over together.
+AxisName = Union[str, tuple[str, ...], None]
 
 # The extra argument with which `amortized` asks a transformation to advance
 # its state without evaluating anything (its output is then the plain
@@ -105,7 +107,7 @@ class Rule(NamedTuple):
 
 
 def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
-                mask: MaskOrFn | None, axis_name: str | None,
+                mask: MaskOrFn | None, axis_name: AxisName,
                 per_device_perturbation: bool
                 ) -> optax.GradientTransformationExtraArgs:
   """The transformation ``g -> rule(g)`` (arguments checked by the caller).
@@ -116,7 +118,8 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     rule: the method.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     mask: which parameters are regularized (``None``: all).
-    axis_name: ``pmap``/``shard_map`` axis to average over, or ``None``.
+    axis_name: ``pmap``/``shard_map`` axis (or tuple of mesh axes) to
+      average over, or ``None``.
     per_device_perturbation: displace along each device's own gradient.
 
   Returns:
@@ -307,12 +310,12 @@ def _scalar(where: str, out: Any, has_aux: bool) -> Array:
   return loss
 
 
-def _pmean(leaves: list[Array], axis_name: str | None) -> list[Array]:
+def _pmean(leaves: list[Array], axis_name: AxisName) -> list[Array]:
   return leaves if axis_name is None else jax.lax.pmean(leaves, axis_name)
 
 
 def _plain_gradient(incoming: list[Array], g: list[Array],
-                    axis_name: str | None, per_device_perturbation: bool
+                    axis_name: AxisName, per_device_perturbation: bool
                     ) -> list[Array]:
   """What the method gives where it is switched off: the incoming gradient
   itself, bit for bit, or under data parallelism the averaged one."""
@@ -324,7 +327,7 @@ def _plain_gradient(incoming: list[Array], g: list[Array],
 
 
 def _merge(selection: Selection, updates: Any, out: list[Array],
-           axis_name: str | None) -> Any:
+           axis_name: AxisName) -> Any:
   """The output tree: ``out`` on the regularized leaves, the incoming
   gradient (averaged over devices, with ``axis_name``) on the others."""
   it = iter(out)
@@ -337,7 +340,7 @@ def _merge(selection: Selection, updates: Any, out: list[Array],
 
 def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
              grad_norm: Array, perturbed: Any, theta_loss: Any,
-             axis_name: str | None, *, keep: bool) -> Metrics:
+             axis_name: AxisName, *, keep: bool) -> Metrics:
   dtype = last.loss.dtype
   nan = jnp.full([], jnp.nan, dtype)
   value = extra_args.get("value")
@@ -371,8 +374,8 @@ def _varying_axes(x: Any) -> frozenset:
   return frozenset(getattr(aval, "vma", ()))
 
 
-def _check_not_reduced(where: str, axis_name: str, updates: Any, batch: Any
-                       ) -> None:
+def _check_not_reduced(where: str, axis_name: AxisName, updates: Any,
+                       batch: Any) -> None:
   """Rejects gradients that autodiff has already summed over ``axis_name``.
 
   Under ``shard_map(check_vma=True)`` (the default) the gradient with respect
@@ -380,13 +383,15 @@ def _check_not_reduced(where: str, axis_name: str, updates: Any, batch: Any
   the axis by autodiff itself; averaging it again would silently scale the
   gradient and every displacement by the number of devices.
   """
-  batch_varies = any(axis_name in _varying_axes(x)
-                     for x in jax.tree.leaves(batch))
-  updates_vary = any(axis_name in _varying_axes(x)
-                     for x in jax.tree.leaves(updates))
-  if batch_varies and not updates_vary:
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+  batch_axes = frozenset().union(*map(_varying_axes, jax.tree.leaves(batch)))
+  update_axes = frozenset().union(*map(_varying_axes,
+                                       jax.tree.leaves(updates)))
+  reduced = [a for a in names if a in batch_axes and a not in update_axes]
+  if reduced:
+    axes = ", ".join(repr(a) for a in reduced)
     raise ValueError(
-        f"{where}: the gradient is already reduced over axis {axis_name!r}: "
+        f"{where}: the gradient is already reduced over axis {axes}: "
         "under shard_map with check_vma=True, jax.grad with respect to "
         "replicated parameters sums over the axis. Use "
         "shard_map(..., check_vma=False) (or pmap) with axis_name, or drop "

@@ -90,7 +90,7 @@ def perturbed_gradient(
     adaptive_mask: MaskOrFn = weight_matrices,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
-    axis_name: str | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
     per_device_perturbation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Mixes the gradient with gradients at points displaced along it.
@@ -149,7 +149,8 @@ def perturbed_gradient(
       parameters returning one. Only those are displaced, enter the norm and
       get the regularized gradient; the loss always sees all parameters and
       the others get the incoming gradient bit for bit. Default: all.
-    axis_name: a ``pmap``/``shard_map`` axis over which to average (see
+    axis_name: a ``pmap``/``shard_map`` axis, or a tuple of them, over
+      which to average (see
       :func:`gradreg_optax.gradient_regularization`).
     per_device_perturbation: with ``axis_name``, let each device displace its
       parameters along its own gradient and average only the result (SAM's

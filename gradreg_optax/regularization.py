@@ -26,7 +26,7 @@ def gradient_regularization(
     eps: ScalarOrSchedule = 0.1,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
-    axis_name: str | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
     per_device_perturbation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient of ``L + (gamma/2) ||grad L||^2``: ``g + gamma * H g``.
@@ -82,9 +82,11 @@ def gradient_regularization(
     mask: which parameters are regularized (a pytree of bools like the
       parameters, or a callable of them); the others get the incoming
       gradient bit for bit. See :func:`gradreg_optax.perturbed_gradient`.
-    axis_name: ``pmap``/``shard_map`` axis. The incoming gradient is averaged
-      over it before it is used (no need to average it yourself), the extra
-      gradients are computed on the local batch, and the output is averaged.
+    axis_name: ``pmap``/``shard_map`` axis, or a tuple of mesh axes (e.g.
+      ``("data", "fsdp")``) averaged over together as by ``jax.lax.pmean``.
+      The incoming gradient is averaged over it before it is used (no need
+      to average it yourself), the extra gradients are computed on the local
+      batch, and the output is averaged.
       Not needed, and not to be given, under plain ``jax.jit`` with sharded
       arrays. Use it with ``pmap`` or ``shard_map(..., check_vma=False)``;
       with the default ``check_vma=True`` autodiff already sums the gradient

@@ -17,7 +17,7 @@ def gradient_norm_penalty(
     *,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
-    axis_name: str | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
     per_device_perturbation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Gradient of ``L + lambda ||grad L||`` by one extra gradient.
@@ -74,7 +74,7 @@ def sam(
     adaptive_mask: MaskOrFn = weight_matrices,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
-    axis_name: str | None = None,
+    axis_name: str | tuple[str, ...] | None = None,
     per_device_perturbation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Sharpness-aware minimization: the gradient at the ascended point.

@@ -60,14 +60,22 @@ def main():
   sharded_batch = jax.device_put(batch, NamedSharding(mesh, P("d")))
   replicated = jax.device_put(params, NamedSharding(mesh, P()))
 
-  def sharded(tx, check_vma=False, loss=mlp_loss):
+  # The same 8 devices as a 2 x 4 mesh, the batch split over both axes in
+  # the order of the 1-D mesh (`axis_name=("a", "b")` averages over both).
+  mesh2 = jax.make_mesh((2, DEVICES // 2), ("a", "b"),
+                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  on_mesh2 = (jax.device_put(params, NamedSharding(mesh2, P())),
+              jax.device_put(batch, NamedSharding(mesh2, P(("a", "b")))))
+
+  def sharded(tx, check_vma=False, loss=mlp_loss, two_axes=False):
     def local(params, batch):
       # The local gradient goes in as is: the transformation averages it.
       grads = jax.grad(loss)(params, batch)
       return tx.update(grads, tx.init(params), params, batch=batch)[0]
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("d")),
-                                 out_specs=P(), check_vma=check_vma))(
-                                     replicated, sharded_batch)
+    m, spec, args = ((mesh2, P(("a", "b")), on_mesh2) if two_axes
+                     else (mesh, P("d"), (replicated, sharded_batch)))
+    return jax.jit(jax.shard_map(local, mesh=m, in_specs=(P(), spec),
+                                 out_specs=P(), check_vma=check_vma))(*args)
 
   # With check_vma=True, the gradient with respect to replicated parameters
   # is summed over the axis by autodiff itself: a loss divided by the number
@@ -94,11 +102,26 @@ def main():
             sharded(make(mlp_loss, axis_name="d"), check_vma=True), want)
       except ValueError as e:
         results[f"shard_map_vma_axis_name/{name}"] = f"ValueError: {e}"
+      results[f"two_axes/{name}"] = _rel(
+          sharded(make(mlp_loss, axis_name=("a", "b")), two_axes=True), want)
+      # Averaging over one of the two axes is not the global mean.
+      results[f"two_axes_one_named/{name}"] = _rel(
+          sharded(make(mlp_loss, axis_name="b"), two_axes=True), want)
+      try:
+        results[f"two_axes_vma/{name}"] = _rel(
+            sharded(make(mlp_loss, axis_name=("a", "b")), check_vma=True,
+                    two_axes=True), want)
+      except ValueError as e:
+        results[f"two_axes_vma/{name}"] = f"ValueError: {e}"
     if name in PER_DEVICE:
       per_device = sharded(make(mlp_loss, axis_name="d",
                                 per_device_perturbation=True))
       results[f"per_device/{name}"] = _rel(
           per_device, _per_device_reference(name, params, batch))
+      results[f"per_device_two_axes/{name}"] = _rel(
+          sharded(make(mlp_loss, axis_name=("a", "b"),
+                       per_device_perturbation=True), two_axes=True),
+          _per_device_reference(name, params, batch))
       # How far m-sharpness is from the global perturbation.
       results[f"per_device_vs_global/{name}"] = _rel(per_device, want)
   print(json.dumps(results))

@@ -12,7 +12,10 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
+
+import gradreg_optax as gro
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 1e-6
@@ -74,3 +77,28 @@ def test_per_device_perturbation_is_m_sharpness(results, name):
   assert results[f"per_device/{name}"] < TOL
   # ... and not the globally perturbed gradient.
   assert results[f"per_device_vs_global/{name}"] > 1e-3
+
+
+@pytest.mark.parametrize("name", SOME)
+def test_tuple_axis_name_averages_over_both_mesh_axes(results, name):
+  """A 2 x 4 mesh, the batch split over both axes: axis_name=("a", "b")
+  is the single-device result, averaging over "b" alone is not, and under
+  check_vma=True the tuple is rejected like a single axis."""
+  assert results[f"two_axes/{name}"] < TOL
+  assert results[f"two_axes_one_named/{name}"] > 1e-3
+  outcome = results[f"two_axes_vma/{name}"]
+  assert isinstance(outcome, str) and "check_vma" in outcome, outcome
+
+
+@pytest.mark.parametrize("name", ["forward", "sam"])
+def test_per_device_perturbation_over_two_mesh_axes(results, name):
+  assert results[f"per_device_two_axes/{name}"] < TOL
+
+
+@pytest.mark.parametrize("axis_name", [(), ("a", 1), ["a", "b"], 3])
+def test_axis_name_must_be_a_string_or_tuple_of_strings(axis_name):
+  loss = lambda p, b: jnp.mean((b * p) ** 2)
+  with pytest.raises(TypeError, match="tuple of strings"):
+    gro.sam(loss, 0.05, axis_name=axis_name)
+  with pytest.raises(TypeError, match="tuple of strings"):
+    gro.gradient_regularization(loss, 0.05, axis_name=axis_name)
