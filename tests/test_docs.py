@@ -64,7 +64,7 @@ def python_blocks(path: str) -> list[Block]:
 
 def _markdown_files() -> list[str]:
   return [os.path.join(ROOT, "README.md")] + sorted(
-      glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
+      glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
 BLOCKS = [b for p in _markdown_files() for b in python_blocks(p)]
@@ -120,5 +120,6 @@ def test_block_runs(block, runs):
     pytest.fail(f"{block.where}: the ```python block {result}")
   if result.returncode != 0:
     pytest.fail(f"{block.where}: the ```python block exited with status "
-                f"{result.returncode}:\n{result.stderr[-4000:]}",
-                pytrace=False)
+                f"{result.returncode} (line n of block.py is line "
+                f"{block.line} + n of {block.path}):\n"
+                f"{result.stderr[-4000:]}", pytrace=False)
