@@ -65,6 +65,12 @@ def test_igr_quick(tmp_path):
       assert all(_finite(v) and v > 0 for v in r["r_ig_at_loss"].values())
       assert 0.5 < r["at_max_test_acc"]["test_acc"] <= 1.0
     assert c["curve_first_seed"]
+    ratios = c["summary"]["r_ig_ratio_to_base"]
+    assert all(v["n"] == 2 and v["min"] > 0 for v in ratios.values())
+    assert len(c["summary"]["max_test_acc_minus_base_images"]) == 2
+  self_ratio = configs[0]["summary"]["r_ig_ratio_to_base"]["1.0"]
+  assert self_ratio["min"] == self_ratio["max"] == 1.0
+  assert res["digits"]["initial_top_eigenvalue"]["min"] > 0
   tp = res["two_param"]
   # Backward error analysis: GD is closer to the modified flow than to E's.
   assert tp["max_dist_gd_flow_modified"] < tp["max_dist_gd_flow_E"]
@@ -118,3 +124,23 @@ def test_small_steps_reach_the_minimum_of_the_flow_of_e():
   # At a minimum the trace is the top eigenvalue, which GD keeps below 2/h;
   # the start's (8.25) is above 2/0.3, so GD must move to a flatter minimum.
   assert res["start_top_eigenvalue"] > 2 / 0.3 > large["gd_trace"]
+
+
+def test_paired_comparison_matches_seeds():
+  def run(seed, r, acc, diverged=False):
+    if diverged:
+      return dict(seed=seed, diverged=True)
+    return dict(seed=seed, diverged=False, r_ig_at_loss={"0.1": r},
+                at_max_test_acc=dict(test_acc=acc))
+
+  base = dict(runs=[run(0, 2.0, 0.5), run(1, 4.0, 0.75), run(2, 1.0, 0.5)],
+              summary={})
+  # Listed in another order, one run never reaches the level, one diverged.
+  other = dict(runs=[run(1, 1.0, 0.5), run(0, 3.0, 1.0), run(2, None, 0.25),
+                     run(3, 0, 0, diverged=True)], summary={})
+  base["runs"].append(run(3, 1.0, 0.5))
+  igr.paired([base, other], [0.1], n_test=4)
+  ratio = other["summary"]["r_ig_ratio_to_base"]["0.1"]
+  assert ratio["n"] == 2 and ratio["min"] == 0.25 and ratio["max"] == 1.5
+  np.testing.assert_allclose(ratio["std"], np.std([0.25, 1.5], ddof=1))
+  assert other["summary"]["max_test_acc_minus_base_images"] == [-1, 2, -1]

@@ -150,8 +150,15 @@ def digits_runs(setting: dict[str, Any], seeds: Sequence[int],
              for h in setting["learning_rates"]]
   configs += [dict(name=f"explicit s={s}", kind="explicit", h=BASE_H,
                    strength=s) for s in setting["strengths"]]
-  out = dict(num_params=m, train=int(train_set[0].shape[0]),
-             test=int(test_set[0].shape[0]), configs=[])
+  n_test = int(test_set[0].shape[0])
+  # The stability bound of the first steps: 2 / (top eigenvalue at init).
+  sharp0 = np.asarray(jax.vmap(lambda p, k: flatness.hessian_top_eigenvalue(
+      LOSS, p, train_set, k, num_iters=100)[0])(
+          params0, jax.random.split(jax.random.key(1), len(seeds))))
+  out = dict(num_params=m, train=int(train_set[0].shape[0]), test=n_test,
+             initial_top_eigenvalue=dict(per_seed=sharp0.tolist(),
+                                         **_stats(sharp0.tolist())),
+             configs=[])
   for c in configs:
     h, s = c["h"], c["strength"]
     every = max(1, round(setting["record_time"] / h))
@@ -191,7 +198,53 @@ def digits_runs(setting: dict[str, Any], seeds: Sequence[int],
     if verbose:
       print(f"{c['name']}: {steps} steps, {c['seconds']:.0f} s, "
             f"{len(ok)}/{len(runs)} converged", flush=True)
+  paired(out["configs"], setting["levels"], n_test)
   return out
+
+
+def paired(configs: list[dict[str, Any]], levels: Sequence[float],
+           n_test: int) -> None:
+  """Adds each run's comparison with the same seed's run of ``configs[0]``.
+
+  ``R_IG`` at a loss level as a ratio to the base run's (the seed's
+  initialization cancels), and the maximum test accuracy as a difference in
+  test images.
+  """
+  base = {r["seed"]: r for r in configs[0]["runs"]}
+  for c in configs:
+    ok = [(r, base[r["seed"]]) for r in c["runs"]
+          if not r["diverged"] and not base[r["seed"]]["diverged"]]
+    ratios = {}
+    for lv in map(str, levels):
+      v = [r["r_ig_at_loss"][lv] / b["r_ig_at_loss"][lv] for r, b in ok
+           if r["r_ig_at_loss"][lv] and b["r_ig_at_loss"][lv]]
+      ratios[lv] = _stats(v)
+    c["summary"]["r_ig_ratio_to_base"] = ratios
+    c["summary"]["max_test_acc_minus_base_images"] = [
+        round((r["at_max_test_acc"]["test_acc"]
+               - b["at_max_test_acc"]["test_acc"]) * n_test) for r, b in ok]
+
+
+def _ratio_cell(st: dict[str, Any]) -> str:
+  if not st.get("n"):
+    return "n/a"
+  return (f"{st['mean']:.3f} ± {st['std']:.3f} [{st['min']:.3f}, "
+          f"{st['max']:.3f}] ({st['n']})")
+
+
+def paired_table(res: dict[str, Any], levels: Sequence[float]) -> str:
+  base = res["configs"][0]["name"]
+  head = (["run"] + [f"R_IG / {base}'s at E={lv}" for lv in levels]
+          + ["max test acc minus " + base + "'s, in test images"])
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for c in res["configs"][1:]:
+    s = c["summary"]
+    row = ([c["name"]]
+           + [_ratio_cell(s["r_ig_ratio_to_base"][str(lv)]) for lv in levels]
+           + [" ".join(f"{d:+d}" for d in s["max_test_acc_minus_base_images"])
+              or "n/a"])
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
 
 
 def _cell(st: dict[str, Any], fmt: str = ".2e") -> str:
@@ -345,23 +398,22 @@ def plot(result: dict[str, Any], path: str) -> None:
   a1.invert_xaxis()
   a1.set_title("digits, seed 0")
   a1.legend(fontsize=6)
-  level = str(result["setting"]["levels"][len(result["setting"]["levels"])
-                                          // 2])
-  labels = {"gd": "GD, rate h m/4", "explicit": "explicit, rate s m/4"}
-  for kind, marker in (("gd", "o-"), ("explicit", "s--")):
-    st = [(c["implicit_rate" if kind == "gd" else "explicit_rate"],
-           c["summary"]["r_ig_at_loss"][level])
-          for c in digits_res["configs"] if c["kind"] == kind]
-    st = [(rate, s) for rate, s in st if s.get("n")]
-    a2.errorbar([rate for rate, _ in st], [s["mean"] for _, s in st],
-                [s["std"] for _, s in st], fmt=marker, capsize=3,
-                label=labels[kind])
+  for i, level in enumerate(map(str, result["setting"]["levels"])):
+    for kind, style in (("gd", "o-"), ("explicit", "s--")):
+      st = [(c["implicit_rate" if kind == "gd" else "explicit_rate"],
+             c["summary"]["r_ig_ratio_to_base"][level])
+            for c in digits_res["configs"] if c["kind"] == kind]
+      st = [(rate, v) for rate, v in st if v.get("n")]
+      a2.errorbar([rate for rate, _ in st], [v["mean"] for _, v in st],
+                  [v["std"] for _, v in st], fmt=style, color=f"C{i}",
+                  capsize=3, label=f"E = {level}, {kind}")
+  a2.axhline(1.0, color="k", lw=0.5)
   a2.set_xscale("log")
   a2.set_yscale("log")
-  a2.set_xlabel("regularization rate")
-  a2.set_ylabel(f"R_IG at E = {level}")
+  a2.set_xlabel("rate h m/4 (GD) or s m/4 (explicit, h = 0.05)")
+  a2.set_ylabel("R_IG / same seed's at h = 0.05, at matched E")
   a2.set_title("mean ± std over seeds")
-  a2.legend(fontsize=7)
+  a2.legend(fontsize=6)
   tp = result["two_param"]
   for key, style in (("gd", "o-"), ("flow_E", "-"), ("flow_modified", "--")):
     p = np.array(tp[key])
@@ -420,6 +472,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"over seeds {seeds}; R_IG at E = level where E first reaches it; "
       "'max test acc' at its first record.\n\n"
       + digits_table(d, setting["levels"])
+      + "\n\nThe same seed's runs compared (seed by seed): mean ± sample std "
+      "[min, max] (number of seeds) of the ratio, and each seed's difference"
+      f" in test images:\n\n" + paired_table(d, setting["levels"])
+      + "\n\nTop Hessian eigenvalue at initialization: "
+      + ", ".join(f"{v:.3f}" for v in d["initial_top_eigenvalue"]["per_seed"])
+      + f" (seeds {seeds}), so 2 / eigenvalue = "
+      + ", ".join(f"{2 / v:.3f}" for v in d["initial_top_eigenvalue"]
+                  ["per_seed"])
       + f"\n\nTwo-parameter model E = (y - abx)^2/2, x = y = 1, h = "
       f"{tp['h']}: max |GD - flow(E)| {tp['max_dist_gd_flow_E']:.3e}, max "
       f"|GD - flow(modified)| {tp['max_dist_gd_flow_modified']:.3e}\n\n"
