@@ -1,11 +1,15 @@
-"""The theory experiments' --quick modes run and write sane outputs."""
+"""The theory experiments: --quick modes, command lines, and the pieces
+of the IGR experiment against closed forms."""
 
 import json
 import math
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from gradreg_optax.experiments import dln_bias, flatness_digits
+from gradreg_optax.experiments import dln_bias, flatness_digits, igr
 
 
 def _finite(v):
@@ -31,25 +35,112 @@ def test_dln_bias_quick(tmp_path):
 
 @pytest.mark.slow
 def test_flatness_digits_quick(tmp_path):
-  flatness_digits.main(["--quick", "--out", str(tmp_path), "--figures",
-                        str(tmp_path)])
-  res = json.loads((tmp_path / "flatness_digits_quick.json").read_text())
+  out = str(tmp_path / "flat")
+  flatness_digits.main(["--quick", "--out", out, "--figure", out + ".png"])
+  res = json.loads((tmp_path / "flat.json").read_text())
+  assert res["command"].endswith(f"--quick --out {out} --figure {out}.png")
+  assert res["data"] == {"name": "digits", "train": 1438, "test": 359,
+                         "split": "data.load_digits()"}
   assert {r["method"] for r in res["runs"]} == {"sgd", "f-gr", "sam"}
   for r in res["runs"]:
     assert 0.5 < r["test_acc"] <= 1.0
     assert r["top_eigenvalue"] > 0 and r["trace"] > 0
     assert r["grad_norm_sq"] >= 0 and _finite(r["noise_increase"])
-  assert (tmp_path / "flatness_digits_quick.png").stat().st_size > 1000
+  assert "| sam |" in (tmp_path / "flat.md").read_text()
+  assert (tmp_path / "flat.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
 def test_igr_quick(tmp_path):
-  from gradreg_optax.experiments import igr
-  igr.main(["--quick", "--out", str(tmp_path), "--figures", str(tmp_path)])
-  res = json.loads((tmp_path / "igr_quick.json").read_text())
-  for curve in res["curves"].values():
-    assert curve and all(_finite(e) and r >= 0 for e, r in curve)
+  out = str(tmp_path / "igr")
+  igr.main(["--quick", "--out", out, "--figure", out + ".png"])
+  res = json.loads((tmp_path / "igr.json").read_text())
+  assert res["command"].endswith(f"--quick --out {out} --figure {out}.png")
+  configs = res["digits"]["configs"]
+  assert [c["name"] for c in configs] == ["gd h=0.05", "gd h=0.8",
+                                          "explicit s=0.8"]
+  for c in configs:
+    assert c["diverged"] == 0 and len(c["runs"]) == 2
+    for r in c["runs"]:
+      assert all(_finite(v) and v > 0 for v in r["r_ig_at_loss"].values())
+      assert 0.5 < r["at_max_test_acc"]["test_acc"] <= 1.0
+    assert c["curve_first_seed"]
+    ratios = c["summary"]["r_ig_ratio_to_base"]
+    assert all(v["n"] == 2 and v["min"] > 0 for v in ratios.values())
+    assert len(c["summary"]["max_test_acc_minus_base_images"]) == 2
+  self_ratio = configs[0]["summary"]["r_ig_ratio_to_base"]["1.0"]
+  assert self_ratio["min"] == self_ratio["max"] == 1.0
+  assert res["digits"]["initial_top_eigenvalue"]["min"] > 0
   tp = res["two_param"]
   # Backward error analysis: GD is closer to the modified flow than to E's.
   assert tp["max_dist_gd_flow_modified"] < tp["max_dist_gd_flow_E"]
-  assert (tmp_path / "igr_quick.png").stat().st_size > 1000
+  flat = res["two_parameter_flatness"]
+  assert flat["command"] == res["command"]
+  assert [r["h"] for r in flat["runs"]] == [0.001, 0.2, 0.4]
+  assert (tmp_path / "igr.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("module", [igr, flatness_digits])
+def test_bad_option_is_one_line_and_status_2(module, capsys):
+  with pytest.raises(SystemExit) as info:
+    module.main(["--seeds", "0"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--seeds" in err and "> 0" in err
+
+
+def test_exact_trace_is_the_trace_of_the_exact_hessian():
+  with jax.enable_x64(True):
+    x, y = 2.0, 1.5
+    e = igr.two_param_loss(x, y)
+    for p in ([2.8, 0.5], [0.3, -1.7], [1.0, 0.75]):
+      p = jnp.array(p, jnp.float64)
+      got = float(igr.exact_trace(e, p, None))
+      np.testing.assert_allclose(got, np.trace(jax.hessian(e)(p, None)),
+                                 rtol=1e-12)
+      # The residual's term of the Hessian has a zero diagonal.
+      np.testing.assert_allclose(got, x ** 2 * float(p @ p), rtol=1e-12)
+    # A non-separable function of three parameters.
+    f = lambda p, b: jnp.sin(p[0] * p[1]) * jnp.exp(b * p[2]) + p[0] ** 4
+    p = jnp.array([0.4, -1.3, 0.7], jnp.float64)
+    np.testing.assert_allclose(float(igr.exact_trace(f, p, 0.5)),
+                               np.trace(jax.hessian(f)(p, 0.5)), rtol=1e-12)
+
+
+def test_small_steps_reach_the_minimum_of_the_flow_of_e():
+  # The flow of E keeps a^2 - b^2, so from (a0, b0) it ends where ab = y/x
+  # with trace x^2 (a^2 + b^2) = x^2 sqrt((a0^2 - b0^2)^2 + 4 (y/x)^2).
+  x, y, a0, b0 = 1.0, 1.0, 2.8, 0.5
+  res = igr.two_param_flatness((0.001, 0.3), start=(a0, b0), x=x, y=y)
+  flow_trace = x ** 2 * np.hypot(a0 ** 2 - b0 ** 2, 2 * y / x)
+  small, large = res["runs"]
+  np.testing.assert_allclose(small["gd_trace"], flow_trace, rtol=1e-4)
+  np.testing.assert_allclose(small["modified_flow_trace"], flow_trace,
+                             rtol=1e-4)
+  for r in res["runs"]:
+    assert r["gd_grad_norm"] < 1e-10
+    a, b = r["gd_minimum"]
+    np.testing.assert_allclose(a * b * x, y, rtol=1e-10)
+  # At a minimum the trace is the top eigenvalue, which GD keeps below 2/h;
+  # the start's (8.25) is above 2/0.3, so GD must move to a flatter minimum.
+  assert res["start_top_eigenvalue"] > 2 / 0.3 > large["gd_trace"]
+
+
+def test_paired_comparison_matches_seeds():
+  def run(seed, r, acc, diverged=False):
+    if diverged:
+      return dict(seed=seed, diverged=True)
+    return dict(seed=seed, diverged=False, r_ig_at_loss={"0.1": r},
+                at_max_test_acc=dict(test_acc=acc))
+
+  base = dict(runs=[run(0, 2.0, 0.5), run(1, 4.0, 0.75), run(2, 1.0, 0.5)],
+              summary={})
+  # Listed in another order, one run never reaches the level, one diverged.
+  other = dict(runs=[run(1, 1.0, 0.5), run(0, 3.0, 1.0), run(2, None, 0.25),
+                     run(3, 0, 0, diverged=True)], summary={})
+  base["runs"].append(run(3, 1.0, 0.5))
+  igr.paired([base, other], [0.1], n_test=4)
+  ratio = other["summary"]["r_ig_ratio_to_base"]["0.1"]
+  assert ratio["n"] == 2 and ratio["min"] == 0.25 and ratio["max"] == 1.5
+  np.testing.assert_allclose(ratio["std"], np.std([0.25, 1.5], ddof=1))
+  assert other["summary"]["max_test_acc_minus_base_images"] == [-1, 2, -1]

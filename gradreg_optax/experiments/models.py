@@ -1,11 +1,19 @@
-"""Flax Linen models used by the experiments and benchmarks."""
+"""Models used by the experiments and benchmarks.
+
+Flax Linen modules for the training recipes, and a small tanh MLP as pure
+functions of a plain parameter pytree for the theory experiments, which
+differentiate, penalize and measure ``loss(params, batch)`` directly.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 
 class MLP(nn.Module):
@@ -111,3 +119,55 @@ class ResNet18(nn.Module):
         x = _BasicBlock(self.width * 2**stage, strides)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
+
+
+# --- A tanh MLP as pure functions ---------------------------------------------
+
+
+def tanh_mlp_init(key: jax.Array, sizes: Sequence[int] = (64, 32, 10)
+                  ) -> list[dict[str, jax.Array]]:
+  """Parameters of a tanh MLP: ``w ~ N(0, 1/fan_in)``, zero biases.
+
+  Example:
+    >>> import jax
+    >>> params = tanh_mlp_init(jax.random.key(0))
+    >>> [p["w"].shape for p in params]
+    [(64, 32), (32, 10)]
+  """
+  params = []
+  for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1),
+                       zip(sizes[:-1], sizes[1:])):
+    params.append({"w": jax.random.normal(k, (a, b)) / np.sqrt(a),
+                   "b": jnp.zeros(b)})
+  return params
+
+
+def tanh_mlp(params: Sequence[dict[str, jax.Array]], x: jax.Array
+             ) -> jax.Array:
+  """Logits of the MLP of :func:`tanh_mlp_init`; ``x`` is flattened per row."""
+  x = x.reshape((x.shape[0], -1))
+  for layer in params[:-1]:
+    x = jnp.tanh(x @ layer["w"] + layer["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def tanh_mlp_loss(params: Any, batch: tuple[jax.Array, jax.Array]
+                  ) -> jax.Array:
+  """Mean softmax cross-entropy of :func:`tanh_mlp` on ``(x, labels)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> params = tanh_mlp_init(jax.random.key(0), (4, 3, 2))
+    >>> float(tanh_mlp_loss(params, (jnp.zeros((5, 4)), jnp.zeros(5, int))))
+    0.693...
+  """
+  x, y = batch
+  return optax.softmax_cross_entropy_with_integer_labels(
+      tanh_mlp(params, x), y).mean()
+
+
+def tanh_mlp_accuracy(params: Any, batch: tuple[jax.Array, jax.Array]
+                      ) -> jax.Array:
+  """Share of ``(x, labels)`` that :func:`tanh_mlp` classifies correctly."""
+  x, y = batch
+  return jnp.mean(jnp.argmax(tanh_mlp(params, x), -1) == y)
