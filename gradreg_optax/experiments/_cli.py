@@ -17,6 +17,7 @@ class Parser(argparse.ArgumentParser):
   """An ``ArgumentParser`` whose errors are one line (no usage block)."""
 
   def error(self, message: str) -> NoReturn:
+    message = " ".join(message.split())  # one line, whatever the message
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 

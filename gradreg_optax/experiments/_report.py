@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
@@ -23,32 +22,6 @@ def save(out: str, result: dict[str, Any], text: str) -> None:
     json.dump(result, f, indent=2)
   with open(out + ".md", "w") as f:
     f.write(f"Command: `{result['command']}`\n\n{text}\n")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """Reports a bad option in one line on stderr, with exit status 2."""
-
-  def error(self, message: str):
-    message = " ".join(message.split())  # one line, whatever the message
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def number(kind: type, *, positive: bool = True) -> Callable[[str], Any]:
-  """An argparse type: a ``kind`` (int or float) that is > 0 (or >= 0)."""
-
-  def parse(text: str):
-    try:
-      value = kind(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"expected {'an integer' if kind is int else 'a number'}, got "
-          f"{text!r}") from None
-    if not (value > 0 if positive else value >= 0):
-      raise argparse.ArgumentTypeError(
-          f"must be {'> 0' if positive else '>= 0'}, got {text}")
-    return value
-
-  return parse
 
 
 def save_figure(fig: Any, path: str) -> None:

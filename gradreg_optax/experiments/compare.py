@@ -254,9 +254,7 @@ def plot(summary: dict[str, Any], path: str) -> None:
                f"{len(summary['seeds'])} seeds, "
                f"{summary['config']['epochs']} epochs")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import optax
 
 import gradreg_optax as gro
 from gradreg_optax import flatness
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data
 from gradreg_optax.experiments import models
@@ -111,10 +112,11 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  p = _report.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--seeds", type=_report.number(int), default=3,
+  p = _cli.parser("gradreg_optax.experiments.flatness_digits", __doc__.splitlines()[0])
+  p.add_argument("--seeds", type=_cli.POSITIVE_INT, default=3,
                  help="number of seeds (0, 1, ...)")
-  p.add_argument("--steps", type=_report.number(int), default=3000)
+  p.add_argument("--steps", type=_cli.POSITIVE_INT, default=3000,
+                 help="training steps")
   p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
   p.add_argument("--figure", default=None, help="write this PNG")
   p.add_argument("--quick", action="store_true",

@@ -12,7 +12,6 @@ deviation over seeds. ``gamma = 0`` is plain SGD (one run, reused for every
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from typing import Any, Sequence
@@ -102,9 +101,7 @@ def heatmap(result: dict[str, Any], path: str) -> None:
   ax.set_title(f"{result['method']} on {result['dataset']}, mean of "
                f"{len(result['seeds'])} seeds")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import numpy as np
 
 import gradreg_optax as gro
 from gradreg_optax import flatness
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data
 from gradreg_optax.experiments import models
@@ -441,9 +442,9 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  p = _report.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--seeds", type=_report.number(int), default=None,
-                 help="number of seeds 0, 1, ... (default 5; --quick: 2)")
+  p = _cli.parser(MODULE, __doc__.splitlines()[0])
+  p.add_argument("--seeds", type=_cli.POSITIVE_INT, default=None,
+                 help="number of seeds 0, 1, ... (default: 5; --quick: 2)")
   p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
   p.add_argument("--figure", default=None, help="write this PNG")
   p.add_argument("--quick", action="store_true",

@@ -26,7 +26,6 @@ gradient evaluations reuse the dropout masks of the caller's own pass.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -42,6 +41,7 @@ import optax
 from flax import nnx
 
 import gradreg_optax as gro
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 
 MODULE = "gradreg_optax.experiments.transformer"
@@ -611,47 +611,17 @@ def plot(result: dict[str, Any], path: str) -> None:
   if axes[1].lines:
     axes[1].legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _report.save_figure(fig, path)
 
 
 # --- Command line -------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """Reports a bad option in one line on stderr, with exit status 2."""
-
-  def error(self, message: str):
-    message = " ".join(message.split())  # one line, whatever the message
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _number(kind: type, *, positive: bool) -> Callable[[str], Any]:
-  """An argparse type: a ``kind`` that is > 0 (or >= 0)."""
-
-  def parse(text: str):
-    try:
-      value = kind(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"expected {'an integer' if kind is int else 'a number'}, got "
-          f"{text!r}") from None
-    if not (value > 0 if positive else value >= 0):
-      raise argparse.ArgumentTypeError(
-          f"must be {'> 0' if positive else '>= 0'}, got {text}")
-    return value
-
-  return parse
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Parses the command line, trains every method, writes the results."""
-  count, whole = _number(int, positive=True), _number(int, positive=False)
-  positive, nonnegative = (_number(float, positive=True),
-                           _number(float, positive=False))
-  parser = _Parser(prog=f"python -m {MODULE}",
-                   description=__doc__.split("\n")[0])
+  count, whole = _cli.POSITIVE_INT, _cli.number(int, 0)
+  positive, nonnegative = _cli.POSITIVE, _cli.NONNEGATIVE
+  parser = _cli.parser(MODULE, __doc__.split("\n")[0])
   parser.add_argument(
       "--methods", nargs="+", default=list(DEFAULT_METHODS),
       help="methods to compare: adamw (AdamW alone) or any name of "
