@@ -99,11 +99,14 @@ class Rule(NamedTuple):
       gradient of the selected leaves (float32 or wider), the mean loss at
       the displaced points and the loss at ``theta`` (each ``None`` where
       not evaluated); ``grad_norm`` is ``||g||``, already computed.
+    one_pass_norm: take ``||g||`` in one pass on every platform (see
+      :func:`~gradreg_optax._numerics.global_norm`).
   """
 
   hyperparameters: Any
   is_off: Callable[[Any], Union[bool, Array]]
   apply: Callable[..., tuple[list[Array], Any, Any]]
+  one_pass_norm: bool = False
 
 
 def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
@@ -149,7 +152,8 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     # The norm now, while g is at hand: left to the end of the step (where
     # the metrics are), it would keep buffers alive through the extra
     # evaluations.
-    grad_norm, g = jax.lax.optimization_barrier((global_norm(g), g))
+    grad_norm, g = jax.lax.optimization_barrier(
+        (global_norm(g, one_pass=rule.one_pass_norm), g))
     hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
                          rule.hyperparameters)
     off = rule.is_off(hyper)

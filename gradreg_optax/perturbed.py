@@ -68,7 +68,10 @@ def displacement_rule(displacements: Displacements, *, normalize: bool,
                                             h.radii, h.weights)
     return u, perturbed, None
 
-  return _transform.Rule(displacements, is_off, apply)
+  # ASAM holds T, T g and g at once; with the norm in two passes XLA's CPU
+  # schedule keeps more of them alive than its hand-written step does.
+  return _transform.Rule(displacements, is_off, apply,
+                         one_pass_norm=adaptive is not None)
 
 
 def derived(fn: Callable[..., Any], *hypers: ScalarOrSchedule

@@ -10,8 +10,18 @@ from gradreg_optax import _numerics
 SCALES = [1e-25, 1e-20, 1e-15, 1e-5, 1.0, 1e5, 1e15, 1e19, 1e25, 1e30]
 
 
+def _platform_form(form):
+  # One of global_norm's two forms, whatever platform runs the test.
+  def norm(tree):
+    leaves = [_numerics.wide(x) for x in jax.tree.leaves(tree)]
+    return form([x.astype(_numerics.wide_dtype(leaves)) for x in leaves])
+  return jax.jit(norm)
+
+
 NORMS = {"eager": _numerics.global_norm,
-                   "jit": jax.jit(_numerics.global_norm)}
+         "jit": jax.jit(_numerics.global_norm),
+         "one pass (GPU, TPU)": _platform_form(_numerics._norm_one_pass),
+         "plain first (CPU)": _platform_form(_numerics._norm_plain_first)}
 
 
 def _tree(scale, dtype=np.float32):
@@ -89,3 +99,11 @@ def test_no_dot_in_the_compiled_norm():
   hlo = jax.jit(_numerics.global_norm).lower(
       jax.tree.map(jnp.asarray, _tree(1.0))).compile().as_text()
   assert " dot(" not in hlo
+
+
+def test_the_cpu_form_takes_the_scaled_sums_only_when_needed():
+  # A conditional around the scaled sums, whose variadic reduction XLA's CPU
+  # backend runs slowly; the plain sum outside it.
+  hlo = jax.jit(_numerics._norm_plain_first).lower(
+      [jnp.ones((4, 3))]).compile().as_text()
+  assert "conditional(" in hlo
