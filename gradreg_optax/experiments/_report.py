@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -22,3 +23,39 @@ def save(out: str, result: dict[str, Any], text: str) -> None:
     json.dump(result, f, indent=2)
   with open(out + ".md", "w") as f:
     f.write(f"Command: `{result['command']}`\n\n{text}\n")
+
+
+class Parser(argparse.ArgumentParser):
+  """Reports a bad option in one line on stderr, with exit status 2."""
+
+  def error(self, message: str):
+    message = " ".join(message.split())
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _seed(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise argparse.ArgumentTypeError(
+        f"expected a non-negative integer, got {text!r}")
+  return value
+
+
+def experiment_parser(description: str, *, out: str = "docs/results",
+                      figures: str = "docs/figures",
+                      seeds_help: str = "data seeds") -> Parser:
+  """The shared options: ``--out``, ``--figures``, ``--quick``, ``--seeds``.
+
+  ``--seeds`` takes one or more non-negative integers (``None`` when not
+  given, so that the caller picks its default).
+  """
+  p = Parser(description=description)
+  p.add_argument("--out", default=out, help="folder for the result files")
+  p.add_argument("--figures", default=figures, help="folder for the figures")
+  p.add_argument("--quick", action="store_true", help="a tiny run")
+  p.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                 help=seeds_help)
+  return p
