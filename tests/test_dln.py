@@ -245,10 +245,11 @@ def test_exact_scale_predicts_the_trained_beta_where_first_order_fails(
 
 def test_exact_exponent_reduces_to_first_order_for_small_eps():
   # Plain GD (gamma = 0), probed at w + eps grad L: to first order in eps,
-  # 4 int g (g' - g) dt = eps * 2 g(0)^2 = eps * c1 (Theorem 5.1).
+  # 4 int g (g' - g) dt = eps * 2 g(0)^2 = eps * c1 (Theorem 5.1), up to
+  # the O(h) of the Riemann sum.
   data = small_data()
   batch = (data.x, data.y)
-  lr = lr_for(data, 1.0)
+  lr = lr_for(data, 1.0) / 5
   params = dln.init_params(1.0, 40, jnp.float64)
   for eps in (1e-4, -1e-4):
     out = dln.train(params, batch, lr, eps=eps, tol=1e-9)
@@ -261,7 +262,7 @@ def test_exact_exponent_reduces_to_first_order_for_small_eps():
   out = dln.train(params, batch, lr, tx=tx, eps=eps, tol=1e-9)
   exact = dln.exact_effective_alpha(1.0, out.c_gr, gamma, out.c_h, lr)
   first = dln.effective_alpha(1.0, plain.c0, plain.c1, gamma, eps, lr)
-  chex.assert_trees_all_close(jnp.log(exact), jnp.log(first),
+  chex.assert_trees_all_close(jnp.log(exact), jnp.log(first), rtol=1e-2,
                               atol=1e-3 * float(jnp.abs(jnp.log(first)).max()))
 
 

@@ -1,6 +1,6 @@
 """Implicit bias of GR in the diagonal linear network (Karakida et al., 2023).
 
-Four parts, each over several data seeds of the sparse problem of
+Three parts, each over several data seeds of the sparse problem of
 :func:`gradreg_optax.dln.make_data` (D = 100, N = 50, 5 non-zero entries,
 label noise 0.1, sum-of-squares loss), with gradient descent until
 interpolation in float64, at a step ``h`` that is a fixed fraction of the
@@ -436,6 +436,24 @@ def tables(summary: dict[str, Any], cfg: dict[str, Any],
       f"{max(errs):.1e}; below 2% in {sum(e < 0.02 for e in errs)} of "
       f"{len(errs)} converged runs (first order: "
       f"{sum(e < 0.02 for e in errs_first)}).")
+  agree = sum((e["exponent_support"]["mean"] < 0)
+              == (e["ratio_to_gd"]["mean"] < 1) for e in summary["sweep"]
+              if e["ratio_to_gd"]["mean"] is not None)
+  conv = [r for r in runs_sweep if r["converged"]]
+  agree_runs = sum((r["exponent_support"] < 0)
+                   == (r["test_error"] < r["gd_test_error"]) for r in conv)
+  lines.append(
+      f"Exponent on the support < 0 exactly where test error < GD: in "
+      f"{agree} of {len(summary['sweep'])} settings (seed means), "
+      f"{agree_runs} of {len(conv)} converged runs.")
+  pairs = [(f, b) for f in conv if f["method"] == "forward"
+           for b in conv if b["method"] == "backward"
+           and (b["seed"], b["alpha"], -b["eps_signed"])
+           == (f["seed"], f["alpha"], f["eps_signed"])]
+  lines.append(
+      f"B-GR below F-GR in test error in "
+      f"{sum(b['test_error'] < f['test_error'] for f, b in pairs)} of "
+      f"{len(pairs)} (seed, alpha, eps) where both converged.")
   return "\n".join(lines)
 
 
