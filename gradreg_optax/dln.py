@@ -425,8 +425,8 @@ def train_gr(params: dict[str, Array], batch: tuple[Array, Array],
 
   ``gamma``, ``eps`` and ``learning_rate`` are traced, so the function can
   be ``jax.vmap``-ed over them as well as over ``params`` and ``batch``
-  (one compilation per ``method`` and shapes); ``c_gr`` is taken at the method's own
-  displaced point (:func:`signed_eps`).
+  (one compilation per ``method`` and shapes); ``c_gr`` is taken at the
+  method's own displaced point (:func:`signed_eps`).
 
   Args:
     params: initial parameters (:func:`init_params`).

@@ -12,7 +12,6 @@ def _finite(v):
   return v is not None and math.isfinite(v)
 
 
-@pytest.mark.slow
 def test_dln_bias_quick(tmp_path):
   dln_bias.main(["--quick", "--out", str(tmp_path), "--figures",
                  str(tmp_path)])

@@ -240,12 +240,12 @@ def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
               first_order_exponent_support=float(e_first[i, j][sup].mean()),
               first_order_exponent_off_support=float(
                   e_first[i, j][~sup].mean())))
+      ratio = np.nanmean(np.where(ok, err, np.nan) / err0[:, None], axis=0)
+      worst = np.nanmax(np.where(ok, np.asarray(_rel(b, p_exact)), np.nan))
       log(f"[sweep] alpha {alpha} {LABEL[method]} ({time.time() - t0:.0f} s):"
           f" test / GD (seed-mean) "
-          + " ".join(f"{e:+.0e}:{np.nanmean(np.where(ok[:, j], err[:, j], np.nan) / err0):.3f}"
-                     for j, e in enumerate(signed))
-          + f"; exact-prediction error max "
-          f"{float(np.nanmax(np.where(ok, np.asarray(_rel(b, p_exact)), np.nan))):.2e}")
+          + " ".join(f"{e:+.0e}:{r:.3f}" for e, r in zip(signed, ratio))
+          + f"; exact-prediction error max {float(worst):.2e}")
 
   alpha = cfg["grid_alpha"]
   gam = np.repeat(cfg["grid_gammas"], len(cfg["grid_eps"]))
@@ -421,7 +421,8 @@ def tables(summary: dict[str, Any], cfg: dict[str, Any],
                     f"{sum(e['diverged'] > 0 for e in rows)} of {len(rows)} "
                     f"settings")
     lines += ["", "Diverged: " + "; ".join(totals) + ".", ""]
-  exact = [e["rel_err_exact"] for e in summary["sweep"]]
+  exact = [e["rel_err_exact"]["mean"] for e in summary["sweep"]
+           if e["rel_err_exact"]["mean"] is not None]
   errs = [r["rel_err_exact"] for r in runs_sweep
           if r["rel_err_exact"] is not None]
   errs_first = [r["rel_err_first_order"] for r in runs_sweep
@@ -430,7 +431,7 @@ def tables(summary: dict[str, Any], cfg: dict[str, Any],
               key=lambda e: e["rel_err_exact"]["mean"] or 0.0)
   lines.append(
       f"Exact prediction, relative error to the trained beta: mean over "
-      f"seeds at most {max(e['mean'] for e in exact if e['mean'] is not None):.1e}"
+      f"seeds at most {max(exact):.1e}"
       f" (alpha {worst['alpha']}, {LABEL[worst['method']]}, eps "
       f"{worst['eps_signed']:g}); largest single run "
       f"{max(errs):.1e}; below 2% in {sum(e < 0.02 for e in errs)} of "
@@ -486,7 +487,8 @@ def _main(argv):
                     lr_mean_loss="N * lr", N=cfg["n"]),
                 summary=summary, runs=res,
                 seconds=round(time.time() - t0, 1))
-  text = tables(summary, cfg, res["sweep"]) + f"\n\nTotal {result['seconds']:.0f} s."
+  text = (tables(summary, cfg, res["sweep"])
+          + f"\n\nTotal {result['seconds']:.0f} s.")
   print(text)
   _report.save(os.path.join(args.out, name), result, text)
   plot(result, args.figures, name)
@@ -506,7 +508,8 @@ def _band(ax, xs, entries, key, label, color, style="o-"):
 
 
 def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
-  """Writes ``{name}_alpha``, ``_eps``, ``_theory``, ``_grid``, ``_divergence``."""
+  """Writes ``{name}_alpha``, ``_eps``, ``_theory``, ``_grid`` and
+  ``_divergence`` (PNG) from a result of :func:`main`."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
