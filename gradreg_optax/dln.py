@@ -36,6 +36,21 @@ the same ratio and differ by its normalization.) Gradient descent with a
 finite step ``h`` adds ``h / 2`` to ``gamma`` in ``c_0`` (its implicit
 gradient regularization, Barrett & Dherin, 2021).
 
+Along the actual GR trajectory the scale is exact, to all orders in
+``gamma`` and ``eps`` (derivation in ``docs/dln_theory.md``):
+
+.. math::
+
+  \alpha_{GR} = \alpha \circ \exp\Big(-4\gamma \int_0^\infty g(t) \circ
+  g'(t) \, dt\Big), \qquad g' = \frac{\partial L}{\partial \beta}\Big|_{
+  \beta(w + \varepsilon \nabla_w L(w))},
+
+with ``g'`` the gradient at the displaced point of the finite difference;
+:func:`train` accumulates ``c_gr = 4 int g g' dt`` and
+:func:`exact_effective_alpha` applies it. For ``eps -> 0`` it is ``c_0``
+along the GR trajectory; to first order in ``eps`` and ``gamma`` it is the
+theorem's ``c_0 + eps c_1``.
+
 All functions are pure JAX; enable float64 (``jax.experimental.enable_x64``)
 for small ``alpha``, where the potential and the dual solver need the range.
 """
@@ -49,6 +64,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from gradreg_optax import regularization
 
 Array = jax.Array
 
@@ -328,6 +345,13 @@ class TrainResult(NamedTuple):
     c0: ``4 h sum_t g_t^2`` with ``g = dL/dbeta`` along the trajectory
       (the Riemann sum of ``c_0 = 4 int g^2 dt`` with time ``h`` per step).
     c1: ``2 g(0)^2``.
+    c_gr: ``4 h sum_t g_t g'_t``, with ``g'`` the gradient in ``beta`` at
+      the displaced point ``w + eps grad_w L`` (the exact exponent per unit
+      ``gamma``; equal to ``c0`` for ``eps = 0``).
+    c_h: ``4 h sum_t (a_t^2 + b_t^2) / 2``, with ``w_+ <- w_+ (1 - 2 h a)``
+      and ``w_- <- w_- (1 + 2 h b)`` the actual steps (``a = b = g`` for
+      plain GD, where ``c_h = c0``): gradient descent's own correction to
+      the scale is ``exp(-(h/2) c_h)``.
     diverged: the loss became non-finite.
   """
 
@@ -337,13 +361,15 @@ class TrainResult(NamedTuple):
   residual: Array
   c0: Array
   c1: Array
+  c_gr: Array
+  c_h: Array
   diverged: Array
 
 
 def train(params: dict[str, Array], batch: tuple[Array, Array],
           learning_rate: float, *, tx: optax.GradientTransformation | None = None,
-          reduction: str = "sum", max_steps: int = 1_000_000,
-          tol: float = 1e-6) -> TrainResult:
+          eps: float = 0.0, reduction: str = "sum",
+          max_steps: int = 1_000_000, tol: float = 1e-6) -> TrainResult:
   r"""Gradient descent ``w <- w - h * tx(grad L(w))`` until interpolation.
 
   ``tx`` is a gradient transformation applied before the step (e.g.
@@ -353,14 +379,18 @@ def train(params: dict[str, Array], batch: tuple[Array, Array],
   longer finite. The whole loop is one ``lax.while_loop`` under ``jit``.
 
   Along the way it accumulates the implicit-bias coefficients of the module
-  docstring for the loss being minimized: ``c0 = 4 h sum_t g_t^2`` and
-  ``c1 = 2 g_0^2``, with ``g = dL/dbeta``.
+  docstring for the loss being minimized: ``c0 = 4 h sum_t g_t^2``,
+  ``c1 = 2 g_0^2`` and the exact ``c_gr = 4 h sum_t g_t g'_t``, with
+  ``g = dL/dbeta`` and ``g'`` the same at ``w + eps grad_w L(w)``.
 
   Args:
     params: initial parameters (:func:`init_params`).
     batch: ``(x, y)``.
     learning_rate: the step ``h`` (small: the flow is the target).
     tx: the transformation producing the update direction, or ``None``.
+    eps: the signed finite-difference step of ``tx`` (see
+      :func:`signed_eps`: ``+eps`` F-GR, ``-eps`` B-GR, ``0`` for the exact
+      methods and plain GD); only ``c_gr`` depends on it.
     reduction: ``"sum"`` or ``"mean"`` (see :func:`loss_beta`).
     max_steps: step budget.
     tol: relative residual that counts as interpolation.
@@ -377,19 +407,83 @@ def train(params: dict[str, Array], batch: tuple[Array, Array],
     >>> bool(out.residual <= 1e-4), bool(out.diverged)
     (True, False)
   """
-  # One compiled loop per (tx, reduction, max_steps): the default tx is a
-  # module constant, and the losses are built inside the jitted function, so
-  # repeated calls (sweeps over data, alpha or learning rate) do not retrace.
+  # One compiled loop per (tx, reduction): the default tx is a module
+  # constant, and the losses are built inside the jitted function, so
+  # repeated calls (sweeps over data, alpha, learning rate or step budget)
+  # do not retrace.
   tx = _PLAIN_GD if tx is None else optax.with_extra_args_support(tx)
-  h = jnp.asarray(learning_rate, batch[0].dtype)
-  return _train(params, batch, tx, reduction, h, max_steps, tol)
+  dtype = batch[0].dtype
+  return _train(params, batch, tx, reduction, jnp.asarray(learning_rate, dtype),
+                max_steps, tol, jnp.asarray(eps, dtype))
+
+
+def train_gr(params: dict[str, Array], batch: tuple[Array, Array],
+             learning_rate: Any, *, method: str, gamma: Any, eps: Any,
+             reduction: str = "sum", max_steps: int = 1_000_000,
+             tol: float = 1e-6) -> TrainResult:
+  r""":func:`train` with ``gradient_regularization(loss, gamma, method, eps)``.
+
+  ``gamma``, ``eps`` and ``learning_rate`` are traced, so the function can
+  be ``jax.vmap``-ed over them as well as over ``params`` and ``batch``
+  (one compilation per ``method`` and shapes); ``c_gr`` is taken at the
+  method's own displaced point (:func:`signed_eps`).
+
+  Args:
+    params: initial parameters (:func:`init_params`).
+    batch: ``(x, y)``.
+    learning_rate: the step ``h``.
+    method: ``"forward"``, ``"backward"``, ``"double_backprop"`` or
+      ``"jvp"``.
+    gamma: GR strength, ``>= 0``.
+    eps: finite-difference step, ``> 0`` (ignored by the exact methods).
+    reduction: ``"sum"`` or ``"mean"``.
+    max_steps: step budget.
+    tol: relative residual that counts as interpolation.
+
+  Returns:
+    A :class:`TrainResult`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from gradreg_optax import dln
+    >>> data = dln.make_data(jax.random.key(0), d=20, n=10, k=2)
+    >>> run = jax.vmap(lambda e: dln.train_gr(
+    ...     dln.init_params(1.0, 20), (data.x, data.y), 1e-3,
+    ...     method="forward", gamma=1e-3, eps=e, tol=1e-4))
+    >>> out = run(jnp.array([0.01, 0.1]))
+    >>> out.residual.shape, bool(out.diverged.any())
+    ((2,), False)
+  """
+  if method not in _SIGN:
+    raise ValueError(f"train_gr: `method` must be one of {sorted(_SIGN)}, "
+                     f"got {method!r}.")
+  dtype = batch[0].dtype
+  return _train_gr(params, batch, jnp.asarray(learning_rate, dtype),
+                   jnp.asarray(gamma, dtype), jnp.asarray(eps, dtype), method,
+                   reduction, max_steps, tol)
 
 
 _PLAIN_GD = optax.with_extra_args_support(optax.identity())
+_SIGN = {"forward": 1.0, "backward": -1.0, "double_backprop": 0.0, "jvp": 0.0}
 
 
-@functools.partial(jax.jit, static_argnames=("tx", "reduction", "max_steps"))
-def _train(params, batch, tx, reduction, h, max_steps, tol):
+@functools.partial(jax.jit, static_argnames=("method", "reduction"))
+def _train_gr(params, batch, h, gamma, eps, method, reduction, max_steps, tol):
+  # Traced gamma and eps pass the constructor's checks unchecked; the
+  # public wrapper has validated the method.
+  tx = regularization.gradient_regularization(
+      functools.partial(loss, reduction=reduction), gamma, method=method,
+      eps=eps)
+  return _loop(params, batch, tx, reduction, h, max_steps, tol,
+               _SIGN[method] * eps)
+
+
+@functools.partial(jax.jit, static_argnames=("tx", "reduction"))
+def _train(params, batch, tx, reduction, h, max_steps, tol, eps):
+  return _loop(params, batch, tx, reduction, h, max_steps, tol, eps)
+
+
+def _loop(params, batch, tx, reduction, h, max_steps, tol, eps):
   x, y = batch
   y_norm = jnp.linalg.norm(y)
   fn = functools.partial(loss, reduction=reduction)
@@ -400,24 +494,32 @@ def _train(params, batch, tx, reduction, h, max_steps, tol):
     return jnp.linalg.norm(x @ beta(p) - y) / y_norm
 
   def cond(carry):
-    p, _, step, _, res = carry
+    _, _, step, _, _, _, res = carry
     return (res > tol) & (step < max_steps) & jnp.isfinite(res)
 
   def body(carry):
-    p, s, step, acc, _ = carry
+    p, s, step, acc, acc_gr, acc_h, _ = carry
     g_beta = grad_beta(beta(p))
     grads = jax.grad(fn)(p, batch)
+    # g' at the finite difference's displaced point (g itself for eps = 0).
+    shifted = jax.tree.map(lambda w, gw: w + eps * gw, p, grads)
+    g_shift = grad_beta(beta(shifted))
     updates, s = tx.update(grads, s, p, batch=batch)
+    # The step's rates in beta units, w_+ *= 1 - 2 h a, w_- *= 1 + 2 h b
+    # (a = b = g for plain GD): their squares are GD's own correction.
+    a = updates["w_plus"] / (2 * p["w_plus"])
+    b = -updates["w_minus"] / (2 * p["w_minus"])
     p = jax.tree.map(lambda w, u: w - h * u, p, updates)
-    return p, s, step + 1, acc + g_beta ** 2, residual(p)
+    return (p, s, step + 1, acc + g_beta ** 2, acc_gr + g_beta * g_shift,
+            acc_h + (a ** 2 + b ** 2) / 2, residual(p))
 
   acc0 = jnp.zeros_like(params["w_plus"])
-  p, _, steps, acc, res = jax.lax.while_loop(
-      cond, body, (params, state, 0, acc0, residual(params)))
+  p, _, steps, acc, acc_gr, acc_h, res = jax.lax.while_loop(
+      cond, body, (params, state, 0, acc0, acc0, acc0, residual(params)))
   g0 = grad_beta(beta(params))
   final = fn(p, batch)
   return TrainResult(p, steps, final, res, 4 * h * acc, 2 * g0 ** 2,
-                     ~jnp.isfinite(final))
+                     4 * h * acc_gr, 4 * h * acc_h, ~jnp.isfinite(final))
 
 
 def effective_alpha(alpha: Any, c0: Array, c1: Array, gamma: float,
@@ -454,6 +556,89 @@ def effective_alpha(alpha: Any, c0: Array, c1: Array, gamma: float,
   """
   return jnp.asarray(alpha) * jnp.exp(
       -(gamma + learning_rate / 2) * c0 - gamma * eps * c1)
+
+
+def exact_effective_alpha(alpha: Any, c_gr: Array, gamma: float,
+                          c_h: Array | None = None,
+                          learning_rate: float = 0.0) -> Array:
+  r"""Exact effective scale along the GR trajectory (``docs/dln_theory.md``).
+
+  .. math::
+
+    \alpha_{GR} = \alpha \circ \exp(-\gamma c_{GR} - (h/2) c_h),
+    \qquad c_{GR} = 4 \int g \circ g'(\varepsilon) \, dt,
+
+  exact for the gradient flow of F-GR (``eps > 0``), B-GR (``eps < 0``) and
+  the exact methods (``eps = 0``) whenever it interpolates. The ``h/2`` term
+  is gradient descent's own correction, second order in ``h`` per step
+  (leave ``c_h`` out, or ``learning_rate = 0``, for the flow). ``c_gr`` and
+  ``c_h`` from the *same* GR run (:func:`train` with its ``eps``, or
+  :func:`train_gr`).
+
+  Args:
+    alpha: initialization scale (scalar or ``(d,)``).
+    c_gr: ``4 int g g' dt``, shape ``(d,)``.
+    gamma: GR strength.
+    c_h: :attr:`TrainResult.c_h` of the same run, for the step correction.
+    learning_rate: gradient-descent step ``h``.
+
+  Returns:
+    ``alpha_GR``, shape ``(d,)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradreg_optax import dln
+    >>> dln.exact_effective_alpha(1.0, jnp.array([-2.0, 2.0]), 0.5)
+    Array([2.71828..., 0.36787...], dtype=float32)
+  """
+  expo = gamma * jnp.asarray(c_gr)
+  if c_h is not None:
+    expo = expo + learning_rate / 2 * c_h
+  return jnp.asarray(alpha) * jnp.exp(-expo)
+
+
+def stability_limit(params: dict[str, Array], batch: tuple[Array, Array], *,
+                    reduction: str = "sum") -> Array:
+  r"""``2 / lambda_max`` of the Hessian of ``L`` in ``w`` at ``params``.
+
+  Gradient descent at step ``h`` is stable near a minimum iff ``h`` is below
+  this. The Hessian is ``2d x 2d``, formed exactly.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradreg_optax import dln
+    >>> # L = (w+^2 - w-^2)^2 at w = 1: Hessian [[8, -8], [-8, 8]].
+    >>> float(dln.stability_limit(dln.init_params(1.0, 1),
+    ...                           (jnp.ones((1, 1)), jnp.zeros(1))))
+    0.125
+  """
+  d = params["w_plus"].shape[0]
+
+  def fn(v):
+    return loss({"w_plus": v[:d], "w_minus": v[d:]}, batch,
+                reduction=reduction)
+
+  v = jnp.concatenate([params["w_plus"], params["w_minus"]])
+  return 2 / jnp.linalg.eigvalsh(jax.hessian(fn)(v))[-1]
+
+
+def interpolating_params(b: Array, alpha: Any) -> dict[str, Array]:
+  r"""The weights of the flow's limit with predictor ``b`` from scale ``alpha``.
+
+  Gradient flow keeps ``w_+ w_- = alpha^2`` for each coordinate, so the
+  limit with ``w_+^2 - w_-^2 = b`` is ``w_+^2 = (b + sqrt(b^2 + 4 alpha^4))/2``,
+  ``w_-^2 = alpha^4 / w_+^2``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gradreg_optax import dln
+    >>> p = dln.interpolating_params(jnp.array([3.0]), 1.0)
+    >>> dln.beta(p), p["w_plus"] * p["w_minus"]
+    (Array([3.], dtype=float32), Array([1.], dtype=float32))
+  """
+  a4 = jnp.broadcast_to(jnp.asarray(alpha, b.dtype) ** 4, b.shape)
+  plus2 = (b + jnp.sqrt(b ** 2 + 4 * a4)) / 2
+  return {"w_plus": jnp.sqrt(plus2), "w_minus": jnp.sqrt(a4 / plus2)}
 
 
 def signed_eps(method: str, eps: float) -> float:

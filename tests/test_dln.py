@@ -199,3 +199,129 @@ def test_make_data_is_seeded_and_sparse():
   chex.assert_trees_all_close(a.y_test, a.x_test @ a.beta_star)
   noise = a.y - a.x @ a.beta_star
   assert 0.05 < float(jnp.std(noise)) < 0.2
+
+
+# --- The exact effective scale along the GR trajectory -----------------------
+
+
+def _gr_run(data, alpha, method, gamma, eps, frac=0.01, tol=1e-9):
+  batch = (data.x, data.y)
+  limit = min(float(dln.stability_limit(dln.init_params(alpha, 40, jnp.float64),
+                                        batch)), 2 / (16 * _lam(data)))
+  lr = frac * limit
+  out = dln.train_gr(dln.init_params(alpha, 40, jnp.float64), batch, lr,
+                     method=method, gamma=gamma, eps=eps, tol=tol,
+                     max_steps=2_000_000)
+  assert float(out.residual) <= tol and not bool(out.diverged)
+  return out, lr
+
+
+def _lam(data):
+  return float(jnp.linalg.eigvalsh(data.x.T @ data.x).max())
+
+
+@pytest.mark.parametrize("method,eps", [("forward", 0.3), ("backward", 0.1)])
+def test_exact_scale_predicts_the_trained_beta_where_first_order_fails(
+    method, eps):
+  data = small_data()
+  alpha, gamma = 1.0, 1e-3
+  out, lr = _gr_run(data, alpha, method, gamma, eps)
+  plain = dln.train(dln.init_params(alpha, 40, jnp.float64),
+                    (data.x, data.y), lr, tol=1e-9)
+  b = dln.beta(out.params)
+  exact = dln.implicit_bias_solution(
+      data.x, data.y,
+      dln.exact_effective_alpha(alpha, out.c_gr, gamma, out.c_h, lr)).beta
+  first = dln.implicit_bias_solution(
+      data.x, data.y,
+      dln.effective_alpha(alpha, plain.c0, plain.c1, gamma,
+                          dln.signed_eps(method, eps), lr)).beta
+  err_exact = dln.relative_error(b, exact)
+  err_first = dln.relative_error(b, first)
+  assert dln.relative_error(b, dln.beta(plain.params)) > 0.05  # GR matters
+  assert err_exact < 0.02
+  assert err_first > 5 * err_exact
+
+
+def test_exact_exponent_reduces_to_first_order_for_small_eps():
+  # Plain GD (gamma = 0), probed at w + eps grad L: to first order in eps,
+  # 4 int g (g' - g) dt = eps * 2 g(0)^2 = eps * c1 (Theorem 5.1), up to
+  # the O(h) of the Riemann sum.
+  data = small_data()
+  batch = (data.x, data.y)
+  lr = lr_for(data, 1.0) / 5
+  params = dln.init_params(1.0, 40, jnp.float64)
+  for eps in (1e-4, -1e-4):
+    out = dln.train(params, batch, lr, eps=eps, tol=1e-9)
+    chex.assert_trees_all_close((out.c_gr - out.c0) / eps, out.c1, rtol=0.02,
+                                atol=1e-3 * float(out.c1.max()))
+  # With GR on, gamma c_gr -> gamma (c0 + eps c1) of the plain run.
+  gamma, eps = 1e-5, 1e-3
+  plain = dln.train(params, batch, lr, tol=1e-9)
+  tx = gro.gradient_regularization(dln.loss, gamma, method="forward", eps=eps)
+  out = dln.train(params, batch, lr, tx=tx, eps=eps, tol=1e-9)
+  exact = dln.exact_effective_alpha(1.0, out.c_gr, gamma, out.c_h, lr)
+  first = dln.effective_alpha(1.0, plain.c0, plain.c1, gamma, eps, lr)
+  chex.assert_trees_all_close(jnp.log(exact), jnp.log(first), rtol=1e-2,
+                              atol=1e-3 * float(jnp.abs(jnp.log(first)).max()))
+
+
+def test_exact_exponent_of_the_exact_methods_is_c0_of_their_own_run():
+  data = small_data()
+  out, _ = _gr_run(data, 1.0, "double_backprop", 1e-3, 0.5, tol=1e-6)
+  chex.assert_trees_all_close(out.c_gr, out.c0, rtol=1e-12)
+
+
+def test_step_correction_of_plain_gd_is_c0():
+  data = small_data()
+  out = dln.train(dln.init_params(0.5, 40, jnp.float64), (data.x, data.y),
+                  lr_for(data, 0.5), tol=1e-6)
+  chex.assert_trees_all_close(out.c_h, out.c0, rtol=1e-10)
+
+
+def test_train_gr_is_train_with_the_library_transformation():
+  data = small_data()
+  batch = (data.x, data.y)
+  params = dln.init_params(0.7, 40, jnp.float64)
+  tx = gro.gradient_regularization(dln.loss, 2e-3, method="backward", eps=0.05)
+  a = dln.train(params, batch, 1e-4, tx=tx, eps=-0.05, max_steps=300, tol=0.0)
+  b = dln.train_gr(params, batch, 1e-4, method="backward", gamma=2e-3,
+                   eps=0.05, max_steps=300, tol=0.0)
+  chex.assert_trees_all_close(a, b, rtol=1e-12)
+  run = jax.vmap(lambda g, e: dln.train_gr(
+      params, batch, 1e-4, method="backward", gamma=g, eps=e, max_steps=300,
+      tol=0.0))
+  batched = run(jnp.array([2e-3, 0.0]), jnp.array([0.05, 0.3]))
+  chex.assert_trees_all_close(jax.tree.map(lambda v: v[0], batched), b,
+                              rtol=1e-12)
+  with pytest.raises(ValueError, match="method"):
+    dln.train_gr(params, batch, 1e-4, method="central", gamma=1.0, eps=0.1)
+
+
+def test_stability_limit_separates_convergence_from_divergence():
+  data = small_data()
+  batch = (data.x, data.y)
+  alpha = 0.5
+  sol = dln.implicit_bias_solution(data.x, data.y, alpha).beta
+  minimum = dln.interpolating_params(sol, alpha)
+  limit = float(dln.stability_limit(minimum, batch))
+  key = jax.random.key(1)
+  start = jax.tree.map(
+      lambda w: w + 1e-6 * jax.random.normal(key, w.shape, w.dtype), minimum)
+
+  def distance_after(h):
+    out = dln.train(start, batch, h, max_steps=3000, tol=0.0)
+    return float(jnp.abs(dln.beta(out.params) - sol).max())
+
+  assert distance_after(0.95 * limit) < 1e-6
+  assert not distance_after(1.05 * limit) < 1e-3  # grows, or overflows
+
+
+def test_gd_conserves_the_product_of_the_weights():
+  # The flow keeps w+ w- = alpha^2, so its limit is interpolating_params.
+  data = small_data()
+  alpha = 0.5
+  out = dln.train(dln.init_params(alpha, 40, jnp.float64), (data.x, data.y),
+                  0.2 * lr_for(data, alpha), tol=1e-10)
+  ref = dln.interpolating_params(dln.beta(out.params), alpha)
+  chex.assert_trees_all_close(out.params, ref, rtol=2e-3)
