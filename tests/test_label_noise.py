@@ -96,7 +96,8 @@ def test_summary_chooses_on_validation_and_pairs_by_seed():
 def test_smallest_study_writes_json_and_markdown(tmp_path, capsys):
   out = str(tmp_path / "ln")
   argv = ["--seeds", "1", "--epochs", "1", "--models", "mlp", "--methods",
-          "sgd", "sam", "--noise", "0.4", "--out", out, "--quiet"]
+          "sgd", "sam", "--noise", "0.4", "--out", out, "--figure",
+          str(tmp_path / "ln.png"), "--quiet"]
   result = label_noise.main(argv)
   with open(out + ".json") as f:
     saved = json.load(f)
@@ -114,6 +115,7 @@ def test_smallest_study_writes_json_and_markdown(tmp_path, capsys):
                             "test": len(data_lib.load_digits().y_test)}
   with open(out + ".md") as f:
     assert "| SAM |" in f.read()
+  assert (tmp_path / "ln.png").stat().st_size > 0
   assert "| SGD |" in capsys.readouterr().out
 
 
