@@ -37,7 +37,6 @@ Example (the smallest run; the full study is the default)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -52,6 +51,7 @@ import numpy as np
 import optax
 
 import gradreg_optax as gro
+from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data as data_lib
 from gradreg_optax.experiments import models
@@ -521,27 +521,7 @@ def plot(result: dict[str, Any], path: str) -> None:
                xticks=noise)
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-class _Parser(argparse.ArgumentParser):
-  """Reports a bad option in one line on stderr, with exit status 2."""
-
-  def error(self, message: str):
-    message = " ".join(message.split())
-    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-  value = int(text)
-  if value < 1:
-    raise ValueError(text)
-  return value
-
-
-_positive_int.__name__ = "positive integer"
+  _report.save_figure(fig, path)
 
 
 def _rate(text: str) -> float:
@@ -554,27 +534,18 @@ def _rate(text: str) -> float:
 _rate.__name__ = "rate in [0, 1)"
 
 
-def _positive_float(text: str) -> float:
-  value = float(text)
-  if not value > 0 or value == float("inf"):
-    raise ValueError(text)
-  return value
-
-
-_positive_float.__name__ = "positive number"
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the study from the command line; returns the result dict."""
   d = Config()
-  parser = _Parser(prog=f"python -m {MODULE}",
-                   description=__doc__.split("\n")[0])
-  parser.add_argument("--seeds", type=_positive_int, default=d.seeds,
+  parser = _cli.parser(MODULE, __doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=_cli.POSITIVE_INT, default=d.seeds,
                       help="number of seeds (0, 1, ...)")
-  parser.add_argument("--epochs", type=_positive_int, default=d.epochs)
-  parser.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-  parser.add_argument("--learning-rate", type=_positive_float,
-                      default=d.learning_rate)
+  parser.add_argument("--epochs", type=_cli.POSITIVE_INT, default=d.epochs,
+                      help="epochs")
+  parser.add_argument("--batch-size", type=_cli.POSITIVE_INT,
+                      default=d.batch_size, help="batch size")
+  parser.add_argument("--learning-rate", type=_cli.POSITIVE,
+                      default=d.learning_rate, help="peak learning rate")
   parser.add_argument("--noise", type=_rate, nargs="+", default=d.noise,
                       help="label noise rates")
   parser.add_argument("--methods", nargs="+", default=d.methods,
@@ -582,11 +553,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       help=f"from {', '.join(GRIDS)} (sgd is needed for the "
                       "paired comparison)")
   parser.add_argument("--models", nargs="+", default=d.models,
-                      choices=MODELS)
+                      choices=MODELS, help="models")
   parser.add_argument("--out", default=None,
                       help="write OUT.json and OUT.md after every seed")
   parser.add_argument("--figure", default=None, help="write this PNG")
-  parser.add_argument("--quiet", action="store_true")
+  parser.add_argument("--quiet", action="store_true",
+                      help="print only the result")
   args = parser.parse_args(argv)
   if args.batch_size > 1438 - round(d.val_fraction * 1438):
     parser.error(f"argument --batch-size: must be at most the training size "
