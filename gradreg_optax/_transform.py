@@ -149,15 +149,17 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
     g = [wide(x) for x in incoming]
     if not per_device_perturbation:
       g = _pmean(g, axis_name)
-    # The norm now, while g is at hand: left to the end of the step (where
-    # the metrics are), it would keep buffers alive through the extra
-    # evaluations.
-    grad_norm, g = jax.lax.optimization_barrier(
-        (global_norm(g, one_pass=rule.one_pass_norm), g))
+    advance_only = bool(extra_args.get(ADVANCE_ONLY))
+    grad_norm = None
+    if not advance_only:
+      # The norm now, while g is at hand: left to the end of the step (where
+      # the metrics are), it would keep buffers alive through the extra
+      # evaluations.
+      grad_norm, g = jax.lax.optimization_barrier(
+          (global_norm(g, one_pass=rule.one_pass_norm), g))
     hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
                          rule.hyperparameters)
     off = rule.is_off(hyper)
-    advance_only = bool(extra_args.get(ADVANCE_ONLY))
     perturbed, theta_loss = None, None
     if advance_only or off is True:
       u = None
@@ -357,13 +359,12 @@ def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
   loss = (nan if theta_loss is None
           else _pmean([theta_loss.astype(dtype)], axis_name)[0])
   if keep:
-    perturbed, sharpness = last.perturbed_loss, last.sharpness
-  else:
-    perturbed = (nan if perturbed is None
-                 else _pmean([perturbed.astype(dtype)], axis_name)[0])
-    sharpness = perturbed - loss
+    return last._replace(loss=loss)
+  perturbed = (nan if perturbed is None
+               else _pmean([perturbed.astype(dtype)], axis_name)[0])
   norm = grad_norm.astype(dtype)
-  return Metrics(loss, perturbed, sharpness, norm, 0.5 * jnp.square(norm))
+  return Metrics(loss, perturbed, perturbed - loss, norm,
+                 0.5 * jnp.square(norm))
 
 
 def _varying_axes(x: Any) -> frozenset:

@@ -47,8 +47,10 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
   reuse of LookSAM, Liu et al., CVPR 2022) without evaluating anything, so a
   step costs ``1 + (extra gradients) / k`` gradients on average. The wrapped
   transformation still advances on every step: its hyperparameter schedules
-  follow the global step count, and its metrics are updated (the displaced
-  loss and the sharpness are those of the last recomputation).
+  follow the global step count, and its metrics are updated: the loss where
+  ``value=`` gives it, the rest (displaced loss, sharpness, ``||g||``,
+  penalty) kept from the last recomputation, so that a reusing step adds
+  nothing to plain SGD's work.
 
   A recomputed correction that is not finite is returned (so that
   ``optax.apply_if_finite`` skips that step) but not kept: the next step
