@@ -68,8 +68,8 @@ def displacement_rule(displacements: Displacements, *, normalize: bool,
                                             h.radii, h.weights)
     return u, perturbed, None
 
-  # ASAM holds T, T g and g at once; with the norm in two passes XLA's CPU
-  # schedule keeps more of them alive than its hand-written step does.
+  # ASAM holds T, T g and g at once; with a conditional for the norm on the
+  # CPU, XLA keeps more of them alive than its hand-written step does.
   return _transform.Rule(displacements, is_off, apply,
                          one_pass_norm=adaptive is not None)
 

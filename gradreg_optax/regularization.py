@@ -128,7 +128,11 @@ def gradient_regularization(
       per_device_perturbation=per_device_perturbation)
 
   if method in EXACT_METHODS:
-    rule = _transform.Rule(gamma, _transform.all_zero, _exact(method))
+    # The norm (only a metric here) in one pass: with a conditional for it
+    # on the CPU, XLA keeps more buffers alive around the Hessian-vector
+    # product than the hand-written step does.
+    rule = _transform.Rule(gamma, _transform.all_zero, _exact(method),
+                           one_pass_norm=True)
     return _transform.regularizer(where, loss_fn, rule, **options)
   ratio = perturbed.derived(operator.truediv, gamma, eps)
   minus = lambda x: perturbed.derived(operator.neg, x)

@@ -13,6 +13,7 @@ import os
 import sys
 
 import jax
+import optax
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
@@ -43,8 +44,15 @@ def resnet():
                                stages=(1, 1))
 
 
+@pytest.fixture(scope="module")
+def resnet18():
+  # The standard ResNet-18 at batch 32, as in benchmarks/compiled_memory.py.
+  return common.resnet_problem(32)
+
+
 @pytest.mark.parametrize("method", common.LIBRARY_METHODS)
-@pytest.mark.parametrize("model", ["mlp", "resnet"])
+@pytest.mark.parametrize("model", [
+    "mlp", "resnet", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_library_step_needs_no_more_memory_than_hand_written(method, model,
                                                              request):
   problem = request.getfixturevalue(model)
@@ -65,3 +73,18 @@ def test_the_comparison_can_fail(mlp):
   sam = _temp_bytes(mlp, common.hand_step(mlp, "sam"))
   forward = _temp_bytes(mlp, common.hand_step(mlp, "forward"))
   assert forward > 1.5 * sam
+
+
+def test_a_reusing_amortized_step_is_as_lean_as_sgd(mlp):
+  sam = gro.METHODS["sam"](mlp.loss_fn, has_aux=mlp.has_aux).tx
+  tx = optax.chain(gro.amortized(sam, 4), common.optimizer())
+
+  def step(params, opt_state, model_state, x, y):
+    batch = mlp.batch(model_state, x, y)
+    g = jax.grad(mlp.loss_fn)(params, batch)
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   recompute=False)
+    return optax.apply_updates(params, updates), opt_state, model_state, 0.0
+
+  sgd = _temp_bytes(mlp, common.library_step(mlp, None))
+  assert _temp_bytes(mlp, (tx, step)) <= TOLERANCE * sgd
