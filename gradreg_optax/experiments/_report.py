@@ -6,7 +6,7 @@ import json
 import os
 import shlex
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
@@ -30,3 +30,14 @@ def save_figure(fig: Any, path: str) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def publish(result: dict[str, Any], text: str, out: str | None,
+            figure: str | None,
+            plot: Callable[[dict[str, Any], str], None]) -> None:
+  """Prints ``text``; writes ``out.json``/``out.md`` and the figure if asked."""
+  print(text)
+  if out:
+    save(out, result, text)
+  if figure:
+    plot(result, figure)

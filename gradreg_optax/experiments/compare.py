@@ -315,11 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"compilation excluded, methods timed in turns; matmuls: matrix "
           f"products in the compiled step; total {summary['wall_s']:.0f} s"
           f"\n\n{summary['conclusion']}")
-  print(text)
-  if args.out:
-    _report.save(args.out, summary, text)
-  if args.figure:
-    plot(summary, args.figure)
+  _report.publish(summary, text, args.out, args.figure, plot)
   return summary
 
 

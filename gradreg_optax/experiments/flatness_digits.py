@@ -112,7 +112,8 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  p = _cli.parser("gradreg_optax.experiments.flatness_digits", __doc__.splitlines()[0])
+  p = _cli.parser("gradreg_optax.experiments.flatness_digits",
+                  __doc__.splitlines()[0])
   p.add_argument("--seeds", type=_cli.POSITIVE_INT, default=3,
                  help="number of seeds (0, 1, ...)")
   p.add_argument("--steps", type=_cli.POSITIVE_INT, default=3000,
@@ -150,11 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"0.9, lr 0.1, batch 64, {steps} steps; measures on the full "
           f"training set, mean ± sample std over seeds {seeds}\n\n"
           + table(result))
-  print(text)
-  if args.out:
-    _report.save(args.out, result, text)
-  if args.figure:
-    plot(result, args.figure)
+  _report.publish(result, text, args.out, args.figure, plot)
   return result
 
 

@@ -139,11 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   text = (f"{result['method']} on {result['dataset']} ({kind}), model "
           f"{base.model}, {base.epochs} epochs; test accuracy (%), mean ± std "
           f"over {args.seeds} seeds\n\n" + table(result))
-  print(text)
-  if args.out:
-    _report.save(args.out, result, text)
-  if args.figure:
-    heatmap(result, args.figure)
+  _report.publish(result, text, args.out, args.figure, heatmap)
   return result
 
 

@@ -488,11 +488,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"Hessian eigenvalue there {fl['start_top_eigenvalue']:.4f}), time "
       f"{fl['total_time']:g}, float64:\n\n" + two_param_table(fl)
       + f"\n\ntotal {result['wall_s']:.0f} s")
-  print(text)
-  if args.out:
-    _report.save(args.out, result, text)
-  if args.figure:
-    plot(result, args.figure)
+  _report.publish(result, text, args.out, args.figure, plot)
   return result
 
 

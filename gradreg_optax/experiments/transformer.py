@@ -708,11 +708,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"benchmarks/transformer_cost.py, which interleaves them). Device: "
           f"{result['device']} ({os.cpu_count()} cores);"
           f" total {result['wall_s']:.0f} s.\n\n" + table(result))
-  print(text)
-  if args.out:
-    _report.save(args.out, result, text)
-  if args.figure:
-    plot(result, args.figure)
+  _report.publish(result, text, args.out, args.figure, plot)
   return result
 
 
