@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import sys
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gradreg_optax as gro  # pylint: disable=wrong-import-position
+from gradreg_optax.experiments import _report  # pylint: disable=wrong-import-position
 from gradreg_optax.experiments.models import MLP, ResNet18, SmallCNN  # pylint: disable=wrong-import-position
 
 NUM_CLASSES = 10
@@ -268,18 +268,12 @@ def hand_step(problem: Problem, method: str):
 
 
 def environment() -> dict[str, Any]:
-  import flax  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   return {
       "device": devices[0].device_kind,
       "platform": devices[0].platform,
       "device_count": len(devices),
-      "jax": jax.__version__,
-      "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-                else __import__("jaxlib").__version__,
-      "optax": optax.__version__,
-      "flax": flax.__version__,
-      "python": platform.python_version(),
+      **_report.versions(),
       "command": "python " + " ".join(sys.argv),
   }
 

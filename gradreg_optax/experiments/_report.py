@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 import sys
 from typing import Any, Callable, Sequence
+
+
+def versions() -> dict[str, str]:
+  """The versions of what a result depends on, to record beside it."""
+  # pylint: disable=import-outside-toplevel
+  import flax
+  import jax
+  import jaxlib
+  import numpy as np
+  import optax
+
+  import gradreg_optax
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__,
+          "flax": flax.__version__, "numpy": np.__version__,
+          "gradreg_optax": gradreg_optax.__version__}
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:

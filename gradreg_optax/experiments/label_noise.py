@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -248,17 +247,6 @@ def make_trainer(model: Any, method: str, config: Config, num_train: int
   return jax.jit(jax.vmap(one, in_axes=(None,) * 7 + (0, 0)))
 
 
-def _versions() -> dict[str, str]:
-  import flax  # pylint: disable=import-outside-toplevel
-  import sklearn  # pylint: disable=import-outside-toplevel
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-          else jax.__version__, "optax": optax.__version__,
-          "flax": flax.__version__, "numpy": np.__version__,
-          "scikit-learn": sklearn.__version__,
-          "gradreg_optax": gro.__version__}
-
-
 def _grid(method: str) -> tuple[str | None, tuple[float | None, ...]]:
   name, values = GRIDS[method]
   return name, (values if name else (None,))
@@ -279,6 +267,7 @@ def run_study(config: Config, *, command: str = "",
     value and seed), ``summary`` (one row per model, noise rate and method)
     and the machine's description.
   """
+  import sklearn  # pylint: disable=import-outside-toplevel
   data = data_lib.load_digits()
   pool_size = len(data.y_train)
   num_val = int(round(config.val_fraction * pool_size))
@@ -297,8 +286,9 @@ def run_study(config: Config, *, command: str = "",
       "noise_convention": "symmetric, to a uniformly random other class; "
                           "training and validation labels noisy, test clean",
       "device": f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores)",
-      "versions": _versions(), "seeds_completed": 0, "runs": [],
-      "summary": [], "wall_s": 0.0}
+      "versions": {**_report.versions(),
+                   "scikit-learn": sklearn.__version__},
+      "seeds_completed": 0, "runs": [], "summary": [], "wall_s": 0.0}
   t0 = time.perf_counter()
   for seed in range(config.seeds):
     train_idx, val_idx, noisy, *_ = noisy_digits(data, config.noise, seed,

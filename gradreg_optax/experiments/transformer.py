@@ -558,8 +558,7 @@ def run(methods: Sequence[MethodSpec], config: RunConfig) -> dict[str, Any]:
       "corpus": corpus.info,
       "device": jax.devices()[0].device_kind,
       "cpu_count": os.cpu_count(),
-      "versions": {"jax": jax.__version__, "optax": optax.__version__,
-                   "flax": __import__("flax").__version__},
+      "versions": _report.versions(),
       "methods": results,
   }
 
