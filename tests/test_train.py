@@ -134,6 +134,31 @@ def test_host_choice_of_recompute_equals_the_on_device_choice(digits):
   assert int(host.step) == 7
 
 
+def test_host_choice_recomputes_after_an_unusable_correction(digits,
+                                                              monkeypatch):
+  # The device is asked only after a recomputation; where it reports no
+  # usable correction (as after a non-finite one), the next step recomputes.
+  cfg = dataclasses.replace(TINY, method="forward", gamma=0.5, every_k=3)
+  s = train.setup(cfg, digits)
+  x, y = digits.x_train[:32], digits.y_train[:32]
+  asked = []
+
+  def needs_recompute(opt_state):
+    asked.append(len(asked))
+    return len(asked) == 1  # the first answer: unusable
+
+  monkeypatch.setattr(train.gro, "needs_recompute", needs_recompute)
+  host_step, _ = train.compile_step(s, cfg.every_k, x, y)
+  host = reference = s.state
+  for i, recompute in enumerate([True, True, False, True, False, False]):
+    host = host_step(host, x, y, s.aug_key, i)[0]
+    reference = s.train_step(reference, x, y, s.aug_key,
+                             recompute=recompute)[0]
+  chex.assert_trees_all_close(host.params, reference.params, rtol=1e-6,
+                              atol=1e-7)
+  assert len(asked) == 3  # after the recomputing steps 0, 1 and 3 only
+
+
 @pytest.mark.parametrize("times,k,expected", [
     ([9.0, 9.0, 9.0, 1.0, 3.0, 2.0], 1, 2.0),        # first 3 dropped
     ([9.0] * 4 + [4.0, 1.0, 1.0, 2.0] * 3, 4, 2.0),   # one period: 4 steps

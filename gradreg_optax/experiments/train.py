@@ -319,9 +319,15 @@ def compile_step(s: Setup, every_k: int, x: Any, y: Any
   fresh, reuse = (s.train_step.lower(s.state, x, y, s.aug_key,
                                      recompute=r).compile()
                   for r in (True, False))
+  recomputed = True  # whether the previous step recomputed
+
   def step(state, x, y, key, i):
-    recompute = i % every_k == 0 or gro.needs_recompute(state.opt_state)
-    return (fresh if recompute else reuse)(state, x, y, key)
+    nonlocal recomputed
+    # Only a recomputation can leave no usable correction, so only the step
+    # after one waits for the device to ask.
+    recomputed = i % every_k == 0 or (
+        recomputed and gro.needs_recompute(state.opt_state))
+    return (fresh if recomputed else reuse)(state, x, y, key)
 
   return step, fresh
 
