@@ -9,7 +9,10 @@ The package, room by room (data flows down this list, never up):
 
 * the core: ``_numerics`` (safe norms), ``_core`` (the perturbed gradient and
   the Hessian-vector products), ``_transform`` (one method made into an
-  ``init``/``update`` pair: state, metrics, masks, devices, exact limits);
+  ``init``/``update`` pair: state, metrics, masks, devices, exact limits,
+  hyperparameter checks), and ``method``, the public way to write a method
+  (:func:`regularizer`, :class:`StepInput`, :class:`StepOutput`,
+  :class:`Hyperparameter`), on which every named method is built;
 * the named methods: ``perturbed`` (:func:`perturbed_gradient`),
   ``regularization`` (:func:`gradient_regularization`), ``sam``
   (:func:`sam`, :func:`gradient_norm_penalty`), ``losses`` (flooding, IGR);
@@ -23,6 +26,7 @@ The package, room by room (data flows down this list, never up):
 from gradreg_optax import cost
 from gradreg_optax import dln
 from gradreg_optax import flatness
+from gradreg_optax import method
 from gradreg_optax._transform import Metrics
 from gradreg_optax._transform import RegularizerState
 from gradreg_optax._transform import metrics
@@ -36,6 +40,12 @@ from gradreg_optax.losses import flooding
 from gradreg_optax.losses import igr_modified_loss
 from gradreg_optax.losses import igr_rate
 from gradreg_optax.losses import igr_regularizer
+from gradreg_optax.method import Hyperparameter
+from gradreg_optax.method import StepInput
+from gradreg_optax.method import StepOutput
+from gradreg_optax.method import gradient_at
+from gradreg_optax.method import normalized
+from gradreg_optax.method import regularizer
 from gradreg_optax.perturbed import perturbed_gradient
 from gradreg_optax.perturbed import weight_matrices
 from gradreg_optax.registry import METHODS
@@ -50,26 +60,33 @@ __version__ = "0.2.0"
 __all__ = (
     "METHODS",
     "AmortizedState",
+    "Hyperparameter",
     "Method",
     "Metrics",
     "Regularized",
     "RegularizerState",
+    "StepInput",
+    "StepOutput",
     "amortized",
     "apply_gradients",
     "cost",
     "dln",
     "flatness",
     "flooding",
+    "gradient_at",
     "gradient_norm_penalty",
     "gradient_regularization",
     "igr_modified_loss",
     "igr_rate",
     "igr_regularizer",
+    "method",
     "metrics",
     "needs_recompute",
     "nnx_loss",
     "nnx_step",
+    "normalized",
     "perturbed_gradient",
+    "regularizer",
     "sam",
     "weight_matrices",
 )

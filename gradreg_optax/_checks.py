@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+import jax.numpy as jnp
+
+from gradreg_optax._step import Hyperparameter
 
 
 def callable_arg(where: str, name: str, value: Any, signature: str) -> None:
@@ -36,43 +40,72 @@ def choice_arg(where: str, name: str, value: Any, choices: tuple[str, ...]
                      + f"; got {value!r}.")
 
 
-def hyperparameter(where: str, name: str, value: Any, *,
-                   sign: str = ">= 0") -> Any:
-  """Checks a hyperparameter; returns a number as a Python float.
+def hyperparameter(where: str, name: str, value: Any,
+                   spec: Hyperparameter) -> Any:
+  """Checks a hyperparameter against its domain; numbers become floats.
 
   Python floats are known while tracing, so a method switched off by a zero
   hyperparameter compiles to the plain gradient, and one that is on compiles
-  without the select that would keep the incoming gradient alive.
-  Schedules and traced values pass unchecked.
+  without the select that would keep the incoming gradient alive. A schedule
+  (a callable of the step count) is checked at step 0 where its value there
+  is known now; traced values (``optax.inject_hyperparams`` rebuilds
+  transformations inside ``update``) and every later value are checked at
+  run time by the transformation.
 
   Args:
     where: the public function the user called.
     name: the argument's name.
-    value: a number, a schedule (a callable of the step count), or a traced
-      value (``optax.inject_hyperparams`` rebuilds transformations inside
-      ``update`` with traced hyperparameters; they were checked when given).
-    sign: ``">= 0"``, ``"> 0"`` or ``"any"``.
+    value: a number, a schedule, or an array (concrete or traced).
+    spec: the hyperparameter's :class:`~gradreg_optax.Hyperparameter`.
 
   Returns:
-    ``value`` as a Python float, or the schedule or traced value itself.
+    ``value`` as a Python float, or the schedule or array itself.
   """
-  if callable(value) or isinstance(value, jax.core.Tracer):
+  if callable(value):
+    try:
+      first = value(jnp.zeros([], jnp.int32))
+    except Exception as e:  # pylint: disable=broad-except
+      if hasattr(e, "add_note"):
+        e.add_note(f"{where}: raised by the schedule given as `{name}`, "
+                   "evaluated at step 0.")
+      raise
+    if isinstance(first, jax.core.Tracer):
+      return value
+    if not _is_number(first) or not spec.contains(float(first)):
+      raise ValueError(f"{where}: `{name}` must be {spec.describe()} at every "
+                       f"step; the schedule gives {first!r} at step 0.")
     return value
-  bad_type = isinstance(value, (str, bytes, bool))
-  try:
-    number = None if bad_type else float(value)
-  except (TypeError, ValueError):
-    number = None
-  if number is None:
+  if isinstance(value, jax.core.Tracer):
+    return value
+  if not _is_number(value):
     raise TypeError(f"{where}: `{name}` must be a number or a schedule (a "
                     f"callable of the step count), got {value!r}.")
+  number = float(value)
   if number != number or abs(number) == float("inf"):
     raise ValueError(f"{where}: `{name}` must be a finite number, got "
                      f"{value!r}.")
-  if ((sign == ">= 0" and not number >= 0)
-      or (sign == "> 0" and not number > 0)):
-    raise ValueError(f"{where}: `{name}` must be {sign}, got {value!r}.")
+  if not spec.contains(number):
+    raise ValueError(f"{where}: `{name}` must be {spec.describe()}, got "
+                     f"{value!r}.")
   return number
+
+
+def number_arg(where: str, name: str, value: Any, domain: str) -> float:
+  """Checks a hyperparameter that must be a plain number (no schedule)."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    raise TypeError(f"{where}: `{name}` must be a number, not a schedule or "
+                    f"a traced value, got {value!r}.")
+  return hyperparameter(where, name, value, Hyperparameter(0.0, domain))
+
+
+def _is_number(value: Any) -> bool:
+  if isinstance(value, (str, bytes, bool)) or np.ndim(value) != 0:
+    return False
+  try:
+    float(value)
+  except (TypeError, ValueError):
+    return False
+  return True
 
 
 def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,

@@ -1,7 +1,8 @@
 """One method's mathematics made into an Optax gradient transformation.
 
-:func:`regularizer` turns a :class:`Rule` (what a method computes from the
-gradient, given its hyperparameters) into an ``init``/``update`` pair. It
+:func:`regularizer` turns a :class:`Rule` (a method's ``step`` and its
+hyperparameters, see :mod:`gradreg_optax.method`) into an ``init``/``update``
+pair. It
 owns what every method shares: the state and its metrics, the loss read from
 the extra arguments, the selection of regularized parameters (``mask``),
 averaging over devices, and the exact limits. The steps of ``update`` are the
@@ -16,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradreg_optax import _core
+from jax.experimental import checkify
+
 from gradreg_optax._numerics import global_norm, wide, wide_dtype
+from gradreg_optax._step import Hyperparameter, StepInput, StepOutput
 
 Array = jax.Array
 Scalar = Union[float, int, Array]
@@ -53,6 +56,10 @@ class Metrics(NamedTuple):
       ``per_device_perturbation``, each device's own).
     penalty: ``(1/2) ||g||^2``, the penalty of gradient regularization
       (without its factor ``gamma``).
+    valid: false where a hyperparameter at this step was outside its
+      domain (the step's output is then NaN); see
+      :func:`gradreg_optax.regularizer`.
+    hyperparameters: name -> the value each hyperparameter had at this step.
   """
 
   loss: Array
@@ -60,6 +67,15 @@ class Metrics(NamedTuple):
   sharpness: Array
   grad_norm: Array
   penalty: Array
+  valid: Array
+  hyperparameters: dict
+
+
+def _initial_metrics(dtype: Any, names: Any) -> Metrics:
+  # Each leaf its own buffer, so that the state can be donated.
+  nan = lambda: jnp.full([], jnp.nan, dtype)
+  return Metrics(nan(), nan(), nan(), nan(), nan(), jnp.ones([], bool),
+                 {k: nan() for k in names})
 
 
 class RegularizerState(NamedTuple):
@@ -68,10 +84,12 @@ class RegularizerState(NamedTuple):
   Attributes:
     count: number of ``update`` calls so far (drives the schedules).
     metrics: the :class:`Metrics` of the last step.
+    method_state: the method's own state (``None`` for most methods).
   """
 
   count: Array
   metrics: Metrics
+  method_state: Any = None
 
 
 class Selection(NamedTuple):
@@ -88,24 +106,15 @@ class Selection(NamedTuple):
 
 
 class Rule(NamedTuple):
-  """A method's mathematics.
+  """A method: its ``step`` and hyperparameters (see
+  :func:`gradreg_optax.regularizer`, which builds it from checked
+  arguments)."""
 
-  Attributes:
-    hyperparameters: a pytree of numbers and schedules of the step count.
-    is_off: of the hyperparameters at this step: whether the method is then
-      the plain gradient (a Python bool where that is known when tracing).
-    apply: ``apply(value_and_grad, selection, g, hyperparameters,
-      grad_norm)`` returns ``(u, perturbed_loss, loss)``: the regularized
-      gradient of the selected leaves (float32 or wider), the mean loss at
-      the displaced points and the loss at ``theta`` (each ``None`` where
-      not evaluated); ``grad_norm`` is ``||g||``, already computed.
-    one_pass_norm: take ``||g||`` in one pass on every platform (see
-      :func:`~gradreg_optax._numerics.global_norm`).
-  """
-
-  hyperparameters: Any
+  specs: dict[str, Hyperparameter]
+  values: dict[str, Any]  # Python floats, schedules or (injected) arrays
+  step: Callable[[StepInput], StepOutput]
   is_off: Callable[[Any], Union[bool, Array]]
-  apply: Callable[..., tuple[list[Array], Any, Any]]
+  init: Callable[[list], Any] | None = None
   one_pass_norm: bool = False
 
 
@@ -130,8 +139,13 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
   """
 
   def init_fn(params: optax.Params) -> RegularizerState:
-    nan = jnp.full([], jnp.nan, wide_dtype(params))
-    return RegularizerState(jnp.zeros([], jnp.int32), Metrics(*[nan] * 5))
+    method_state = None
+    if rule.init is not None:
+      selection = _select(where, mask, params)
+      method_state = rule.init(selection.leaves(params))
+    return RegularizerState(jnp.zeros([], jnp.int32),
+                            _initial_metrics(wide_dtype(params), rule.specs),
+                            method_state)
 
   def update_fn(updates: optax.Updates, state: RegularizerState,
                 params: optax.Params | None = None, **extra_args: Any
@@ -140,6 +154,7 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
       raise ValueError(f"{where}: `update` needs `params`, the point where "
                        "`updates` is the gradient.")
     _reject_masked_nodes(where, updates, params)
+    _check_like_params(where, updates, params)
     selection = _select(where, mask, params)
     value_and_grad = _value_and_grad(
         where, _resolve_loss(where, loss_fn, extra_args), selection, has_aux)
@@ -157,16 +172,24 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
       # evaluations.
       grad_norm, g = jax.lax.optimization_barrier(
           (global_norm(g, one_pass=rule.one_pass_norm), g))
-    hyper = jax.tree.map(lambda h: h(state.count) if callable(h) else h,
-                         rule.hyperparameters)
+    hyper = {k: h(state.count) if callable(h) else h
+             for k, h in rule.values.items()}
+    valid = _check_values(where, rule.specs, hyper)
     off = rule.is_off(hyper)
-    perturbed, theta_loss = None, None
+    perturbed, theta_loss, method_state = None, None, state.method_state
     if advance_only or off is True:
       u = None
     else:
-      u, perturbed, theta_loss = rule.apply(value_and_grad, selection, g,
-                                            hyper, grad_norm)
-      u = _pmean(u, axis_name)
+      result = rule.step(StepInput(
+          selection.leaves(selection.params), g, grad_norm, hyper,
+          state.method_state, value_and_grad, state.count,
+          lambda name, m: [b for b, s in zip(_mask_leaves(where, name, m,
+                                                           params),
+                                              selection.selected) if s]))
+      u = _pmean([wide(x) for x in result.update], axis_name)
+      perturbed, theta_loss = result.perturbed_loss, result.loss
+      if rule.init is not None:
+        method_state = result.state
     plain = _plain_gradient(incoming, g, axis_name, per_device_perturbation)
     if u is None:
       out = plain
@@ -174,12 +197,44 @@ def regularizer(where: str, loss_fn: LossFn, rule: Rule, *, has_aux: bool,
       out = [x.astype(p.dtype) for x, p in zip(u, plain)]
     else:  # known only on the device: hand back `plain` itself where off
       out = [jnp.where(off, p, x.astype(p.dtype)) for x, p in zip(u, plain)]
+    if valid is not True:
+      out = [jnp.where(valid, x, jnp.full([], jnp.nan, x.dtype)) for x in out]
+      method_state = jax.tree.map(lambda new, old: jnp.where(valid, new, old),
+                                  method_state, state.method_state)
     metrics = _metrics(where, state.metrics, extra_args, grad_norm,
-                       perturbed, theta_loss, axis_name, keep=advance_only)
+                       perturbed, theta_loss, axis_name, updates,
+                       hyper, valid, keep=advance_only)
     return (_merge(selection, updates, out, axis_name),
-            RegularizerState(optax.safe_increment(state.count), metrics))
+            RegularizerState(optax.safe_increment(state.count), metrics,
+                             method_state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_values(where: str, specs: dict[str, Hyperparameter],
+                  hyper: dict[str, Any]) -> Union[bool, Array]:
+  """Whether every hyperparameter at this step lies in its domain: ``True``
+  where all are Python numbers (checked when the method was built), else an
+  array, also checked under ``jax.experimental.checkify`` by name."""
+  checks = []
+  for name, spec in specs.items():
+    value = hyper[name]
+    if isinstance(value, (int, float)):
+      if not spec.contains(value):  # a schedule of Python numbers
+        raise ValueError(f"{where}: `{name}` must be {spec.describe()}, got "
+                         f"{value!r} from its schedule.")
+      continue
+    if jnp.ndim(value) != 0:
+      raise ValueError(f"{where}: `{name}` must be a scalar at every step, "
+                       f"got shape {jnp.shape(value)}.")
+    ok = spec.contains(value)
+    checkify.debug_check(
+        ok, f"{where}: `{name}` must be {spec.describe()} at every step, got "
+        "{value}; the step's output is NaN.", value=value)
+    checks.append(ok)
+  if not checks:
+    return True
+  return jnp.all(jnp.stack(checks))
 
 
 def _reject_masked_nodes(where: str, updates: Any, params: Any) -> None:
@@ -195,28 +250,61 @@ def _reject_masked_nodes(where: str, updates: Any, params: Any) -> None:
         "them).")
 
 
+def _check_like_params(where: str, updates: Any, params: Any) -> None:
+  """Rejects updates that are not one array per parameter, of its shape."""
+  paths = lambda tree: {jax.tree_util.keystr(p): x for p, x in
+                        jax.tree_util.tree_flatten_with_path(tree)[0]}
+  if jax.tree.structure(updates) != jax.tree.structure(params):
+    got, want = paths(updates), paths(params)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    detail = "; ".join(
+        part for part in (f"missing {missing}" if missing else "",
+                          f"not parameters {extra}" if extra else "") if part
+    ) or (f"{jax.tree.structure(updates)} against "
+          f"{jax.tree.structure(params)}")
+    raise ValueError(
+        f"{where}: `updates` must have the structure of `params` (the "
+        f"gradient of loss_fn at params): {detail}. Pass "
+        "jax.grad(loss_fn)(params, batch) as it is, before any "
+        "transformation that changes its structure.")
+  for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0],
+                          jax.tree.leaves(params)):
+    if jnp.shape(u) != jnp.shape(p):
+      raise ValueError(
+          f"{where}: `updates` must have the shapes of `params`; "
+          f"{jax.tree_util.keystr(path) or 'updates'} has shape "
+          f"{jnp.shape(u)}, its parameter {jnp.shape(p)}.")
+
+
+def _mask_leaves(where: str, name: str, mask: MaskOrFn, params: Any
+                 ) -> tuple[bool, ...]:
+  """One Python bool per leaf of ``params`` from a mask given as ``name``."""
+  treedef = jax.tree.structure(params)
+  tree = mask(params) if callable(mask) else mask
+  try:
+    # A mask may be a prefix of the parameters: one bool for a subtree.
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
+                        tree, params)
+    selected = tuple(treedef.flatten_up_to(full))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{where}: `{name}` must have the structure of the "
+                     f"parameters (or a prefix of it): {e}") from None
+  if not all(isinstance(s, bool) or (hasattr(s, "dtype") and jnp.ndim(s)
+                                     == 0 and not isinstance(
+                                         s, jax.core.Tracer))
+             for s in selected):
+    raise TypeError(
+        f"{where}: `{name}` must hold Python bools (known when tracing), "
+        "e.g. from shapes or names of the parameters, not arrays computed "
+        "from their values or traced (inside optax.inject_hyperparams, "
+        f"give it in static_args=('{name}',), or pass a callable).")
+  return tuple(bool(s) for s in selected)
+
+
 def _select(where: str, mask: MaskOrFn | None, params: Any) -> Selection:
   leaves, treedef = jax.tree.flatten(params)
-  if mask is None:
-    selected = (True,) * len(leaves)
-  else:
-    tree = mask(params) if callable(mask) else mask
-    try:
-      # A mask may be a prefix of the parameters: one bool for a subtree.
-      full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub),
-                          tree, params)
-      selected = tuple(treedef.flatten_up_to(full))
-    except (ValueError, TypeError) as e:
-      raise ValueError(f"{where}: `mask` must have the structure of the "
-                       f"parameters (or a prefix of it): {e}") from None
-    if not all(isinstance(s, bool) or (hasattr(s, "dtype") and jnp.ndim(s)
-                                       == 0 and not isinstance(
-                                           s, jax.core.Tracer))
-               for s in selected):
-      raise TypeError(f"{where}: `mask` must hold Python bools (known when "
-                      "tracing), e.g. from shapes or names of the "
-                      "parameters, not arrays computed from their values.")
-    selected = tuple(bool(s) for s in selected)
+  selected = ((True,) * len(leaves) if mask is None
+              else _mask_leaves(where, "mask", mask, params))
   paths = [jax.tree_util.keystr(p)
            for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for path, leaf, s in zip(paths, leaves, selected):
@@ -254,7 +342,8 @@ def _resolve_loss(where: str, loss_fn: LossFn, extra_args: dict[str, Any]
 
 
 def _value_and_grad(where: str, resolved: tuple[Callable[[Any], Any], bool],
-                    selection: Selection, has_aux: bool) -> _core.ValueAndGrad:
+                    selection: Selection, has_aux: bool
+                    ) -> Callable[[list], tuple[Array, list]]:
   """The loss and its gradient in the regularized leaves, the others fixed.
 
   The loss's auxiliary output is dropped: that is what keeps, for instance,
@@ -277,10 +366,21 @@ def _value_and_grad(where: str, resolved: tuple[Callable[[Any], Any], bool],
             "nnx.Optimizer passes (an nnx.State, not the model). Train an "
             "NNX model `loss_fn(model, batch)` with "
             "gradreg_optax.nnx_step(model, optimizer, loss_fn, batch).") from e
+      add_note(e, f"{where} called " + (
+          "loss_fn(params, batch), with `batch` the extra argument of "
+          "`update`," if from_batch else
+          "the `loss_fn` extra argument of `update`,")
+          + " for an extra gradient evaluation at displaced parameters.")
       raise
     return _scalar(where, out, has_aux)
 
   return jax.value_and_grad(scalar_loss)
+
+
+def add_note(error: BaseException, note: str) -> None:
+  """Adds ``note`` to the traceback of ``error`` (Python 3.11 and later)."""
+  if hasattr(error, "add_note"):
+    error.add_note(note)
 
 
 def _is_nnx_state(tree: Any) -> bool:
@@ -346,7 +446,8 @@ def _merge(selection: Selection, updates: Any, out: list[Array],
 
 def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
              grad_norm: Array, perturbed: Any, theta_loss: Any,
-             axis_name: AxisName, *, keep: bool) -> Metrics:
+             axis_name: AxisName, updates: Any, hyper: dict[str, Any],
+             valid: Any, *, keep: bool) -> Metrics:
   dtype = last.loss.dtype
   nan = jnp.full([], jnp.nan, dtype)
   value = extra_args.get("value")
@@ -356,15 +457,39 @@ def _metrics(where: str, last: Metrics, extra_args: dict[str, Any],
                        f"scalar loss at `params`, got shape "
                        f"{jnp.shape(value)}.")
     theta_loss = jnp.asarray(value)
-  loss = (nan if theta_loss is None
-          else _pmean([theta_loss.astype(dtype)], axis_name)[0])
+  replicate = _replicator(axis_name, updates)
+  loss = nan if theta_loss is None else replicate(theta_loss.astype(dtype))
   if keep:
     return last._replace(loss=loss)
-  perturbed = (nan if perturbed is None
-               else _pmean([perturbed.astype(dtype)], axis_name)[0])
+  perturbed = nan if perturbed is None else replicate(perturbed.astype(dtype))
   norm = grad_norm.astype(dtype)
   return Metrics(loss, perturbed, perturbed - loss, norm,
-                 0.5 * jnp.square(norm))
+                 0.5 * jnp.square(norm), jnp.asarray(valid, bool),
+                 {k: jnp.asarray(v, dtype) for k, v in hyper.items()})
+
+
+def _replicator(axis_name: AxisName, updates: Any) -> Callable[[Array],
+                                                               Array]:
+  """How a loss computed on this device's batch becomes the loss whose
+  gradient the step follows.
+
+  With ``axis_name`` that is the mean over the devices. Without it, inside
+  ``shard_map(check_vma=True)``, autodiff has summed the gradient of
+  replicated parameters over the axes along which the batch varies (the
+  loss divided by the number of devices is the pattern); the loss is summed
+  over the same axes, which also makes the state replicated where the
+  gradient is.
+  """
+  if axis_name is not None:
+    return lambda x: jax.lax.pmean(x, axis_name)
+  update_axes = frozenset().union(*map(_varying_axes,
+                                       jax.tree.leaves(updates)))
+
+  def replicate(x):
+    extra = tuple(sorted(_varying_axes(x) - update_axes))
+    return jax.lax.psum(x, extra) if extra else x
+
+  return replicate
 
 
 def _varying_axes(x: Any) -> frozenset:
@@ -411,6 +536,14 @@ def all_zero(values: Any) -> Union[bool, Array]:
   return jnp.all(jnp.stack([jnp.asarray(v) == 0 for v in values]))
 
 
+def any_zero(values: Any) -> Union[bool, Array]:
+  """Whether some value is 0: a Python bool where all are known numbers."""
+  values = jax.tree.leaves(values)
+  if all(isinstance(v, (int, float)) for v in values):
+    return any(v == 0 for v in values)
+  return jnp.any(jnp.stack([jnp.asarray(v) == 0 for v in values]))
+
+
 def metrics(opt_state: optax.OptState) -> Metrics:
   """The :class:`Metrics` of the last step, from anywhere in a chain's state.
 
@@ -438,7 +571,7 @@ def metrics(opt_state: optax.OptState) -> Metrics:
   state = find_one("gradreg_optax.metrics", opt_state, RegularizerState,
                    "transformation of gradreg_optax")
   # `x[...]` reads arrays and, in an nnx.Optimizer's state, their variables.
-  return Metrics(*(x[...] for x in state.metrics))
+  return jax.tree.map(lambda x: x[...], state.metrics)
 
 
 def find_one(where: str, tree: Any, kind: type, what: str) -> Any:

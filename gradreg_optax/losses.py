@@ -47,7 +47,7 @@ def flooding(loss_fn: LossFn, b: float, *, has_aux: bool = False) -> LossFn:
   """
   where = "gradreg_optax.flooding"
   _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, ...)")
-  b = _checks.hyperparameter(where, "b", b)
+  b = _checks.number_arg(where, "b", b, "[0, inf)")
   _checks.bool_arg(where, "has_aux", has_aux)
 
   def flooded(params: Any, *args: Any, **kwargs: Any) -> Any:
@@ -80,8 +80,8 @@ def igr_rate(learning_rate: float, num_params: int | optax.Params) -> float:
     25.0
   """
   where = "gradreg_optax.igr_rate"
-  learning_rate = _checks.hyperparameter(where, "learning_rate",
-                                         learning_rate, sign="> 0")
+  learning_rate = _checks.number_arg(where, "learning_rate", learning_rate,
+                                     "(0, inf)")
   if not isinstance(num_params, int):
     num_params = int(sum(jnp.size(x) for x in jax.tree.leaves(num_params)))
   if num_params < 1:
@@ -142,7 +142,8 @@ def igr_modified_loss(loss_fn: LossFn, learning_rate: float, *,
   """
   where = "gradreg_optax.igr_modified_loss"
   _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, ...)")
-  learning_rate = _checks.hyperparameter(where, "learning_rate", learning_rate)
+  learning_rate = _checks.number_arg(where, "learning_rate", learning_rate,
+                                     "[0, inf)")
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def modified(params: Any, *args: Any, **kwargs: Any) -> Any:

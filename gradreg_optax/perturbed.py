@@ -3,7 +3,7 @@ configuration, and ASAM's default mask."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +12,17 @@ import optax
 from gradreg_optax import _checks
 from gradreg_optax import _core
 from gradreg_optax import _transform
+from gradreg_optax import method
 from gradreg_optax._numerics import wide
 from gradreg_optax._transform import LossFn, MaskOrFn, ScalarOrSchedule
+
+# Radii and weights may have any sign.
+_ANY = method.Hyperparameter(0.0, "(-inf, inf)")
+ADAPTIVE_ETA = method.Hyperparameter(
+    0.01, "[0, inf)", "ASAM's eta in T = |theta| + eta")
+# Hyperparameters -> (radii, weights) of the displaced gradients.
+Displacements = Callable[[Mapping[str, Any]], tuple[Sequence[Any],
+                                                    Sequence[Any]]]
 
 
 def weight_matrices(params: optax.Params) -> Any:
@@ -31,55 +40,27 @@ def weight_matrices(params: optax.Params) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-class Displacements(NamedTuple):
-  """The radii ``r_k`` and weights ``w_k`` of a perturbed gradient."""
-  radii: tuple[ScalarOrSchedule, ...]
-  weights: tuple[ScalarOrSchedule, ...]
+def displacement_step(displacements: Displacements, *, normalize: bool,
+                      adaptive_mask: MaskOrFn | None = None
+                      ) -> Callable[[method.StepInput], method.StepOutput]:
+  """The step ``u = g + sum_k w_k (grad L(theta + r_k d) - g)``; with an
+  ``adaptive_mask``, ASAM's scaling ``T = |theta| + adaptive_eta`` on the
+  leaves it selects."""
 
-
-class Adaptive(NamedTuple):
-  """ASAM's scaling ``T = |theta| + eta`` on the leaves ``mask`` selects."""
-  eta: float
-  mask: MaskOrFn
-
-
-def displacement_rule(displacements: Displacements, *, normalize: bool,
-                      adaptive: Adaptive | None = None) -> _transform.Rule:
-  """The :class:`~gradreg_optax._transform.Rule` of a perturbed gradient."""
-
-  def is_off(h: Displacements):
-    radii_off = _transform.all_zero(h.radii)
-    weights_off = _transform.all_zero(h.weights)
-    if isinstance(radii_off, bool) and isinstance(weights_off, bool):
-      return radii_off or weights_off
-    return jnp.logical_or(radii_off, weights_off)
-
-  def apply(value_and_grad, selection, g, h: Displacements, grad_norm):
-    params = selection.leaves(selection.params)
+  def step(x: method.StepInput) -> method.StepOutput:
+    radii, weights = displacements(x.hyperparameters)
     scale = None
-    if adaptive is not None:
-      mask = adaptive.mask
-      mask = selection.leaves(mask(selection.params) if callable(mask)
-                              else mask)
-      scale = lambda: [jnp.where(m, jnp.abs(wide(p)) + adaptive.eta, 1.0)
-                       for p, m in zip(params, mask)]
-    d = _core.direction(g, grad_norm, normalize=normalize, scale=scale)
-    u, perturbed = _core.perturbed_gradient(value_and_grad, params, g, d,
-                                            h.radii, h.weights)
-    return u, perturbed, None
+    if adaptive_mask is not None:
+      eta = x.hyperparameters["adaptive_eta"]
+      scaled = x.select("adaptive_mask", adaptive_mask)
+      scale = lambda: [jnp.where(m, jnp.abs(wide(p)) + eta, 1.0)
+                       for p, m in zip(x.params, scaled)]
+    d = _core.direction(x.grad, x.grad_norm, normalize=normalize, scale=scale)
+    u, perturbed = _core.perturbed_gradient(x.value_and_grad, x.params,
+                                            x.grad, d, radii, weights)
+    return method.StepOutput(u, perturbed_loss=perturbed)
 
-  # ASAM holds T, T g and g at once; with a conditional for the norm on the
-  # CPU, XLA keeps more of them alive than its hand-written step does.
-  return _transform.Rule(displacements, is_off, apply,
-                         one_pass_norm=adaptive is not None)
-
-
-def derived(fn: Callable[..., Any], *hypers: ScalarOrSchedule
-            ) -> ScalarOrSchedule:
-  """``fn`` of hyperparameters, itself a schedule if any of them is one."""
-  if any(callable(h) for h in hypers):
-    return lambda count: fn(*(h(count) if callable(h) else h for h in hypers))
-  return fn(*hypers)
+  return step
 
 
 def perturbed_gradient(
@@ -179,34 +160,47 @@ def perturbed_gradient(
   if not radii or len(radii) != len(weights):
     raise ValueError(f"{where}: `radii` and `weights` must be non-empty and "
                      f"of equal length, got {len(radii)} and {len(weights)}.")
-  radii = tuple(_checks.hyperparameter(where, f"radii[{k}]", r, sign="any")
-                for k, r in enumerate(radii))
-  weights = tuple(_checks.hyperparameter(where, f"weights[{k}]", w, sign="any")
-                  for k, w in enumerate(weights))
+  names = [(f"radii[{k}]", f"weights[{k}]") for k in range(len(radii))]
+
+  def displacements(h):
+    return [h[r] for r, _ in names], [h[w] for _, w in names]
+
+  def is_off(h):
+    radii_off, weights_off = map(_transform.all_zero, displacements(h))
+    if isinstance(radii_off, bool) and isinstance(weights_off, bool):
+      return radii_off or weights_off
+    return jnp.logical_or(radii_off, weights_off)
+
+  specs = {n: _ANY for pair in names for n in pair}
+  values = {n: v for pair, r, w in zip(names, radii, weights)
+            for n, v in zip(pair, (r, w))}
+  return build(where, loss_fn, specs, values, displacements,
+               normalize=normalize, is_off=is_off, adaptive=adaptive,
+               adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask,
+               has_aux=has_aux, mask=mask, axis_name=axis_name,
+               per_device_perturbation=per_device_perturbation)
+
+
+def build(where: str, loss_fn: LossFn,
+          specs: Mapping[str, method.Hyperparameter],
+          values: Mapping[str, Any], displacements: Displacements, *,
+          normalize: bool, adaptive: bool = False,
+          adaptive_eta: Any = 0.01, adaptive_mask: MaskOrFn = weight_matrices,
+          is_off: Callable[[Any], Any] | None = None,
+          **options: Any) -> optax.GradientTransformationExtraArgs:
+  """A named method that is a perturbed gradient (checks its arguments)."""
   _checks.bool_arg(where, "normalize", normalize)
   _checks.bool_arg(where, "adaptive", adaptive)
   if adaptive:
-    adaptive_eta = check_adaptive_eta(where, adaptive_eta)
-  options = _checks.transformation_options(
-      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
-      per_device_perturbation=per_device_perturbation)
-  return build(where, loss_fn, Displacements(radii, weights),
-               normalize=normalize,
-               adaptive=(Adaptive(adaptive_eta, adaptive_mask) if adaptive
-                         else None), **options)
-
-
-def check_adaptive_eta(where: str, adaptive_eta: Any) -> Any:
-  if callable(adaptive_eta):
-    raise TypeError(f"{where}: `adaptive_eta` must be a number, not a "
-                    "schedule.")
-  return _checks.hyperparameter(where, "adaptive_eta", adaptive_eta)
-
-
-def build(where: str, loss_fn: LossFn, displacements: Displacements, *,
-          normalize: bool, adaptive: Adaptive | None = None,
-          **options: Any) -> optax.GradientTransformationExtraArgs:
-  """A perturbed gradient from checked arguments (for the named methods)."""
-  rule = displacement_rule(displacements, normalize=normalize,
-                           adaptive=adaptive)
-  return _transform.regularizer(where, loss_fn, rule, **options)
+    if isinstance(adaptive_mask, (str, bytes)) or adaptive_mask is None:
+      raise TypeError(f"{where}: `adaptive_mask` must be a pytree of bools "
+                      "like the parameters (or a prefix of it), or a "
+                      f"callable of the parameters, got {adaptive_mask!r}.")
+    specs = {**specs, "adaptive_eta": ADAPTIVE_ETA}
+    values = {**values, "adaptive_eta": adaptive_eta}
+  step = displacement_step(displacements, normalize=normalize,
+                           adaptive_mask=adaptive_mask if adaptive else None)
+  # ASAM holds T, T g and g at once; with a conditional for the norm on the
+  # CPU, XLA keeps more of them alive than its hand-written step does.
+  return method.regularizer(where, loss_fn, step, specs, values,
+                            is_off=is_off, one_pass_norm=adaptive, **options)

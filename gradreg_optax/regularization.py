@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import operator
-
 import optax
 
 from gradreg_optax import _checks
 from gradreg_optax import _core
-from gradreg_optax import _transform
+from gradreg_optax import method as gradreg_method
 from gradreg_optax import perturbed
 from gradreg_optax._numerics import wide
 from gradreg_optax._transform import LossFn, MaskOrFn, ScalarOrSchedule
@@ -121,36 +119,52 @@ def gradient_regularization(
   """
   where = "gradreg_optax.gradient_regularization"
   _checks.choice_arg(where, "method", method, GR_METHODS)
-  gamma = _checks.hyperparameter(where, "gamma", gamma)
-  eps = _checks.hyperparameter(where, "eps", eps, sign="> 0")
-  options = _checks.transformation_options(
-      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
-      per_device_perturbation=per_device_perturbation)
-
-  if method in EXACT_METHODS:
+  options = dict(has_aux=has_aux, mask=mask, axis_name=axis_name,
+                 per_device_perturbation=per_device_perturbation)
+  if method in EXACT_METHODS:  # eps unused, but still a mistake if invalid
+    _checks.hyperparameter(where, "eps", eps, HYPERPARAMETERS["eps"])
     # The norm (only a metric here) in one pass: with a conditional for it
     # on the CPU, XLA keeps more buffers alive around the Hessian-vector
     # product than the hand-written step does.
-    rule = _transform.Rule(gamma, _transform.all_zero, _exact(method),
-                           one_pass_norm=True)
-    return _transform.regularizer(where, loss_fn, rule, **options)
-  ratio = perturbed.derived(operator.truediv, gamma, eps)
-  minus = lambda x: perturbed.derived(operator.neg, x)
-  if method == "forward":
-    radii, weights = (eps,), (ratio,)
-  elif method == "backward":
-    radii, weights = (minus(eps),), (minus(ratio),)
-  else:
-    half = perturbed.derived(lambda gm, e: gm / (2 * e), gamma, eps)
-    radii, weights = (eps, minus(eps)), (half, minus(half))
-  return perturbed.build(where, loss_fn, perturbed.Displacements(radii, weights),
+    return gradreg_method.regularizer(
+        where, loss_fn, _exact(method), {"gamma": HYPERPARAMETERS["gamma"]},
+        {"gamma": gamma}, one_pass_norm=True, **options)
+  return perturbed.build(where, loss_fn, HYPERPARAMETERS,
+                         {"gamma": gamma, "eps": eps}, _DISPLACEMENTS[method],
                          normalize=False, **options)
 
 
+HYPERPARAMETERS = {
+    "gamma": gradreg_method.Hyperparameter(
+        0.05, "[0, inf)", "strength of the penalty (gamma/2)||grad L||^2",
+        switches_off=True),
+    "eps": gradreg_method.Hyperparameter(
+        0.1, "(0, inf)", "finite-difference step"),
+}
+
+
+def _forward(h):
+  return [h["eps"]], [h["gamma"] / h["eps"]]
+
+
+def _backward(h):
+  return [-h["eps"]], [-h["gamma"] / h["eps"]]
+
+
+def _central(h):
+  half = h["gamma"] / (2 * h["eps"])
+  return [h["eps"], -h["eps"]], [half, -half]
+
+
+_DISPLACEMENTS = {"forward": _forward, "backward": _backward,
+                  "central": _central}
+
+
 def _exact(mode: str):
-  def apply(value_and_grad, selection, g, gamma, grad_norm):
-    del grad_norm
-    hg, loss = _core.hessian_vector_product(
-        value_and_grad, selection.leaves(selection.params), g, mode=mode)
-    return [x + gamma * wide(h) for x, h in zip(g, hg)], None, loss
-  return apply
+  def step(x: gradreg_method.StepInput) -> gradreg_method.StepOutput:
+    gamma = x.hyperparameters["gamma"]
+    hg, loss = _core.hessian_vector_product(x.value_and_grad, x.params,
+                                            x.grad, mode=mode)
+    return gradreg_method.StepOutput(
+        [v + gamma * wide(h) for v, h in zip(x.grad, hg)], loss=loss)
+  return step

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optax
 
-from gradreg_optax import _checks
 from gradreg_optax import perturbed
+from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import LossFn, MaskOrFn, ScalarOrSchedule
 from gradreg_optax.perturbed import weight_matrices
 
@@ -54,14 +54,12 @@ def gradient_norm_penalty(
     >>> grads = jax.grad(loss_fn)(params, batch)
     >>> updates, _ = tx.update(grads, tx.init(params), params, batch=batch)
   """
-  where = "gradreg_optax.gradient_norm_penalty"
-  alpha = _checks.hyperparameter(where, "alpha", alpha)
-  r = _checks.hyperparameter(where, "r", r)
-  options = _checks.transformation_options(
-      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
+  return perturbed.build(
+      "gradreg_optax.gradient_norm_penalty", loss_fn,
+      NORM_PENALTY_HYPERPARAMETERS, {"alpha": alpha, "r": r},
+      lambda h: ([h["r"]], [h["alpha"]]), normalize=True, has_aux=has_aux,
+      mask=mask, axis_name=axis_name,
       per_device_perturbation=per_device_perturbation)
-  return perturbed.build(where, loss_fn, perturbed.Displacements((r,), (alpha,)),
-                         normalize=True, **options)
 
 
 def sam(
@@ -126,17 +124,19 @@ def sam(
     >>> float(gro.metrics(state).sharpness) > 0
     True
   """
-  where = "gradreg_optax.sam"
-  rho = _checks.hyperparameter(where, "rho", rho)
-  _checks.bool_arg(where, "normalize", normalize)
-  _checks.bool_arg(where, "adaptive", adaptive)
-  options = _checks.transformation_options(
-      where, loss_fn, has_aux=has_aux, mask=mask, axis_name=axis_name,
+  return perturbed.build(
+      "gradreg_optax.sam", loss_fn, SAM_HYPERPARAMETERS, {"rho": rho},
+      lambda h: ([h["rho"]], [1.0]), normalize=normalize, adaptive=adaptive,
+      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, has_aux=has_aux,
+      mask=mask, axis_name=axis_name,
       per_device_perturbation=per_device_perturbation)
-  adaptive_options = None
-  if adaptive:
-    adaptive_options = perturbed.Adaptive(
-        perturbed.check_adaptive_eta(where, adaptive_eta), adaptive_mask)
-  return perturbed.build(where, loss_fn, perturbed.Displacements((rho,), (1.0,)),
-                         normalize=normalize, adaptive=adaptive_options,
-                         **options)
+
+
+SAM_HYPERPARAMETERS = {"rho": Hyperparameter(
+    0.05, "[0, inf)", "radius of the ascent step", switches_off=True)}
+NORM_PENALTY_HYPERPARAMETERS = {
+    "alpha": Hyperparameter(0.8, "[0, inf)", "mixing weight lambda / r",
+                            switches_off=True),
+    "r": Hyperparameter(0.1, "[0, inf)", "radius of the normalized "
+                        "displacement", switches_off=True),
+}
