@@ -10,7 +10,10 @@ import optax
 
 from gradreg_optax import _checks
 from gradreg_optax._numerics import sum_of_squares
+from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import LossFn
+
+FLOOD_LEVEL = Hyperparameter(0.02, "[0, inf)", "flood level b")
 
 
 def flooding(loss_fn: LossFn, b: float, *, has_aux: bool = False) -> LossFn:
@@ -47,7 +50,7 @@ def flooding(loss_fn: LossFn, b: float, *, has_aux: bool = False) -> LossFn:
   """
   where = "gradreg_optax.flooding"
   _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, ...)")
-  b = _checks.number_arg(where, "b", b, "[0, inf)")
+  b = _checks.number_arg(where, "b", b, FLOOD_LEVEL.domain)
   _checks.bool_arg(where, "has_aux", has_aux)
 
   def flooded(params: Any, *args: Any, **kwargs: Any) -> Any:

@@ -6,22 +6,26 @@ methods from:
 >>> import jax.numpy as jnp, optax
 >>> import gradreg_optax as gro
 >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
->>> sorted(gro.METHODS["forward"].defaults.items())
-[('eps', 0.1), ('gamma', 0.05)]
+>>> gro.METHODS["forward"]
+Method('forward': F-GR(gamma=0.05, eps=0.1))
+>>> gro.METHODS["forward"].hyperparameters["eps"].domain
+'(0, inf)'
 >>> tx, train_loss = gro.METHODS["sam"](loss_fn, rho=0.1)
 >>> tx = optax.chain(tx, optax.sgd(0.1))  # differentiate `train_loss`
 """
 
 from __future__ import annotations
 
-import types
-from typing import Any, Callable, Mapping, NamedTuple
+import functools
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import optax
 
 from gradreg_optax import losses
+from gradreg_optax import perturbed
 from gradreg_optax import regularization
 from gradreg_optax import sam as sam_lib
+from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import LossFn
 
 
@@ -47,22 +51,42 @@ class Method(NamedTuple):
     name: the key in :data:`METHODS` (and the command-line name).
     label: a short display name.
     summary: the update in one line, and the paper.
-    defaults: its hyperparameters and their default values.
+    hyperparameters: name -> :class:`~gradreg_optax.Hyperparameter` (default,
+      domain, help), in the order of the constructor's arguments.
     extra_gradients: gradient evaluations per step beyond the caller's own
       (the exact methods cost about two).
-    transforms: whether it adds a transformation (false for SGD and
-      flooding, which only change the loss); only those take ``mask``,
-      ``axis_name``, ``per_device_perturbation`` and amortization.
-    make: ``make(loss_fn, has_aux, options, **hyperparameters)``.
+    transformation: ``transformation(loss_fn, **hyperparameters, has_aux=,
+      mask=, axis_name=, per_device_perturbation=)``, the constructor of its
+      gradient transformation; ``None`` for the methods that only change the
+      loss (SGD, flooding), which take no ``mask``, ``axis_name``,
+      ``per_device_perturbation`` or amortization.
+    loss: ``loss(loss_fn, has_aux=, **hyperparameters)``, the loss to
+      differentiate, for the methods that change it (``None``: the given
+      loss).
+    reference: a hand-written step for benchmarks and tests,
+      ``reference(grad, params, g, **hyperparameters) -> update`` with
+      ``grad(p)`` the gradient at ``p`` (pytrees throughout; ``None`` where
+      none is written).
   """
 
   name: str
   label: str
   summary: str
-  defaults: Mapping[str, float]
+  hyperparameters: Mapping[str, Hyperparameter]
   extra_gradients: int
-  transforms: bool
-  make: Callable[..., Regularized]
+  transformation: Callable[..., optax.GradientTransformationExtraArgs] | None
+  loss: Callable[..., LossFn] | None = None
+  reference: Callable[..., Any] | None = None
+
+  @property
+  def defaults(self) -> dict[str, float]:
+    """Each hyperparameter's default value."""
+    return {k: h.default for k, h in self.hyperparameters.items()}
+
+  @property
+  def transforms(self) -> bool:
+    """Whether the method adds a transformation to the chain."""
+    return self.transformation is not None
 
   def __call__(self, loss_fn: LossFn, *, has_aux: bool = False,
                **kwargs: Any) -> Regularized:
@@ -71,92 +95,111 @@ class Method(NamedTuple):
     Args:
       loss_fn: ``loss_fn(params, batch)`` (``(loss, aux)`` with ``has_aux``).
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
-      **kwargs: hyperparameters (see :attr:`defaults`) and, for the methods
-        that transform, ``mask``, ``axis_name`` and
+      **kwargs: hyperparameters (see :attr:`hyperparameters`) and, for the
+        methods that transform, ``mask``, ``axis_name`` and
         ``per_device_perturbation``.
 
     Returns:
       A :class:`Regularized` pair ``(tx, loss_fn)``.
     """
     options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
-    unknown = sorted(set(kwargs) - set(self.defaults))
+    unknown = sorted(set(kwargs) - set(self.hyperparameters))
     if unknown or (options and not self.transforms):
       given = unknown or sorted(options)
-      accepted = sorted(self.defaults) + (list(_OPTIONS) if self.transforms
-                                          else [])
+      accepted = list(self.hyperparameters) + (list(_OPTIONS)
+                                               if self.transforms else [])
       raise TypeError(f"gradreg_optax.METHODS[{self.name!r}] takes "
                       f"{accepted or 'no arguments'} besides loss_fn and "
                       f"has_aux; got {given}.")
-    return self.make(loss_fn, has_aux, options, **{**self.defaults, **kwargs})
+    hyper = {**self.defaults, **kwargs}
+    if self.transformation is None:
+      tx = optax.with_extra_args_support(optax.identity())
+      train_loss = (loss_fn if self.loss is None
+                    else self.loss(loss_fn, has_aux=has_aux, **hyper))
+      return Regularized(tx, train_loss)
+    return Regularized(self.transformation(loss_fn, **hyper, has_aux=has_aux,
+                                           **options), loss_fn)
+
+  def __repr__(self) -> str:
+    hyper = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+    return f"Method({self.name!r}: {self.label}({hyper}))"
 
 
 _OPTIONS = ("mask", "axis_name", "per_device_perturbation")
 
 
-def _gr(method: str) -> Callable[..., Regularized]:
-  def make(loss_fn, has_aux, options, gamma, eps=0.1):
-    return Regularized(regularization.gradient_regularization(
-        loss_fn, gamma, method=method, eps=eps, has_aux=has_aux, **options),
-        loss_fn)
-  return make
+class _Registry(Mapping[str, Method]):
+  """A read-only mapping of the methods by name, with errors that list them.
+  """
+
+  def __init__(self, methods: Sequence[Method]):
+    self._methods = {m.name: m for m in methods}
+
+  def __getitem__(self, name: str) -> Method:
+    try:
+      return self._methods[name]
+    except KeyError:
+      raise KeyError(f"gradreg_optax.METHODS has no method {name!r}; its "
+                     f"methods are {', '.join(self._methods)}.") from None
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._methods)
+
+  def __len__(self) -> int:
+    return len(self._methods)
+
+  def __repr__(self) -> str:
+    rows = [f"  {m.name:<22} {m.label:<20} "
+            + ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+            for m in self._methods.values()]
+    return "gradreg_optax.METHODS:\n" + "\n".join(rows)
 
 
-def _sam(loss_fn, has_aux, options, rho):
-  return Regularized(sam_lib.sam(loss_fn, rho, has_aux=has_aux, **options),
-                     loss_fn)
+def _gr(method: str) -> Callable[..., optax.GradientTransformationExtraArgs]:
+  return functools.partial(regularization.gradient_regularization,
+                           method=method)
 
 
-def _asam(loss_fn, has_aux, options, rho, adaptive_eta):
-  return Regularized(sam_lib.sam(loss_fn, rho, adaptive=True,
-                                 adaptive_eta=adaptive_eta, has_aux=has_aux,
-                                 **options), loss_fn)
+def _asam(loss_fn, rho, adaptive_eta, **options):
+  return sam_lib.sam(loss_fn, rho, adaptive=True, adaptive_eta=adaptive_eta,
+                     **options)
 
 
-def _norm_penalty(loss_fn, has_aux, options, alpha, r):
-  return Regularized(sam_lib.gradient_norm_penalty(
-      loss_fn, alpha, r, has_aux=has_aux, **options), loss_fn)
-
-
-def _identity():
-  return optax.with_extra_args_support(optax.identity())
-
-
-def _sgd(loss_fn, has_aux, options):
-  del has_aux, options
-  return Regularized(_identity(), loss_fn)
-
-
-def _flooding(loss_fn, has_aux, options, b):
-  del options
-  return Regularized(_identity(), losses.flooding(loss_fn, b, has_aux=has_aux))
-
-
-_FD = {"gamma": 0.05, "eps": 0.1}
-_EXACT = {"gamma": 0.05}
 _KARAKIDA = "Karakida et al., ICML 2023"
+_GR = regularization.HYPERPARAMETERS
+_ASAM = {"rho": sam_lib.SAM_HYPERPARAMETERS["rho"]._replace(default=0.5),
+         "adaptive_eta": perturbed.ADAPTIVE_ETA}
+_FLOOD = {"b": losses.FLOOD_LEVEL}
 
-METHODS: Mapping[str, Method] = types.MappingProxyType({m.name: m for m in (
-    Method("sgd", "SGD", "g (no regularization)", {}, 0, False, _sgd),
+METHODS: Mapping[str, Method] = _Registry((
+    Method("sgd", "SGD", "g (no regularization)", {}, 0, None),
     Method("forward", "F-GR", "g + gamma (grad L(theta + eps g) - g) / eps; "
-           + _KARAKIDA, _FD, 1, True, _gr("forward")),
+           + _KARAKIDA, _GR, 1, _gr("forward"),
+           reference=regularization.forward_reference),
     Method("backward", "B-GR", "g + gamma (g - grad L(theta - eps g)) / eps; "
-           + _KARAKIDA, _FD, 1, True, _gr("backward")),
+           + _KARAKIDA, _GR, 1, _gr("backward"),
+           reference=regularization.backward_reference),
     Method("central", "central GR", "g + gamma (grad L(theta + eps g) - grad "
-           "L(theta - eps g)) / (2 eps)", _FD, 2, True, _gr("central")),
+           "L(theta - eps g)) / (2 eps)", _GR, 2, _gr("central"),
+           reference=regularization.central_reference),
     Method("double_backprop", "GR (double backprop)", "g + gamma grad <grad L,"
-           " g>; Drucker & LeCun 1992, " + _KARAKIDA, _EXACT, 2, True,
-           _gr("double_backprop")),
+           " g>; Drucker & LeCun 1992, " + _KARAKIDA,
+           {"gamma": _GR["gamma"]}, 2, _gr("double_backprop"),
+           reference=regularization.double_backprop_reference),
     Method("jvp", "GR (jvp)", "g + gamma jvp(grad L, g); Pearlmutter 1994",
-           _EXACT, 2, True, _gr("jvp")),
+           {"gamma": _GR["gamma"]}, 2, _gr("jvp"), reference=regularization.jvp_reference),
     Method("sam", "SAM", "grad L(theta + rho g / ||g||); Foret et al., ICLR "
-           "2021", {"rho": 0.05}, 1, True, _sam),
+           "2021", sam_lib.SAM_HYPERPARAMETERS, 1, sam_lib.sam,
+           reference=sam_lib.sam_reference),
     Method("asam", "ASAM", "grad L(theta + rho T^2 g / ||T g||), T = |theta| "
-           "+ eta; Kwon et al., ICML 2021", {"rho": 0.5, "adaptive_eta": 0.01},
-           1, True, _asam),
+           "+ eta; Kwon et al., ICML 2021", _ASAM, 1, _asam,
+           reference=sam_lib.asam_reference),
     Method("gradient_norm_penalty", "norm penalty", "(1 - alpha) g + alpha "
            "grad L(theta + r g / ||g||); Zhao et al., ICML 2022",
-           {"alpha": 0.8, "r": 0.1}, 1, True, _norm_penalty),
+           sam_lib.NORM_PENALTY_HYPERPARAMETERS, 1,
+           sam_lib.gradient_norm_penalty,
+           reference=sam_lib.gradient_norm_penalty_reference),
     Method("flooding", "flooding", "grad |L - b| + b; Ishida et al., ICML "
-           "2020", {"b": 0.02}, 0, False, _flooding),
-)})
+           "2020", _FLOOD, 0, None, loss=losses.flooding),
+))
 """The methods by name: ``METHODS[name](loss_fn, **hyperparameters)``."""

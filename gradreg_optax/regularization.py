@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from gradreg_optax import _checks
@@ -168,3 +170,39 @@ def _exact(mode: str):
     return gradreg_method.StepOutput(
         [v + gamma * wide(h) for v, h in zip(x.grad, hg)], loss=loss)
   return step
+
+
+# Hand-written steps, for benchmarks and tests: ``grad(p)`` is the gradient
+# at ``p`` and ``g`` the gradient at ``params`` (pytrees).
+
+
+def _move(params, g, r):
+  return jax.tree.map(lambda p, v: p + r * v, params, g)
+
+
+def forward_reference(grad, params, g, gamma, eps):
+  g1 = grad(_move(params, g, eps))
+  return jax.tree.map(lambda v, v1: v + gamma / eps * (v1 - v), g, g1)
+
+
+def backward_reference(grad, params, g, gamma, eps):
+  g1 = grad(_move(params, g, -eps))
+  return jax.tree.map(lambda v, v1: v + gamma / eps * (v - v1), g, g1)
+
+
+def central_reference(grad, params, g, gamma, eps):
+  gp, gm = grad(_move(params, g, eps)), grad(_move(params, g, -eps))
+  return jax.tree.map(lambda v, a, b: v + gamma / (2 * eps) * (a - b),
+                      g, gp, gm)
+
+
+def jvp_reference(grad, params, g, gamma):
+  hg = jax.jvp(grad, (params,), (g,))[1]
+  return jax.tree.map(lambda v, x: v + gamma * x, g, hg)
+
+
+def double_backprop_reference(grad, params, g, gamma):
+  inner = lambda p: sum(jnp.sum(a * b) for a, b in zip(
+      jax.tree.leaves(grad(p)), jax.tree.leaves(g)))
+  hg = jax.grad(inner)(params)
+  return jax.tree.map(lambda v, x: v + gamma * x, g, hg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from gradreg_optax import perturbed
@@ -140,3 +142,30 @@ NORM_PENALTY_HYPERPARAMETERS = {
     "r": Hyperparameter(0.1, "[0, inf)", "radius of the normalized "
                         "displacement", switches_off=True),
 }
+
+
+# Hand-written steps, for benchmarks and tests: ``grad(p)`` is the gradient
+# at ``p`` and ``g`` the gradient at ``params`` (pytrees).
+
+
+def _sq_norm(tree):
+  return sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(tree))
+
+
+def sam_reference(grad, params, g, rho):
+  scale = rho / jnp.sqrt(_sq_norm(g))
+  return grad(jax.tree.map(lambda p, v: p + scale * v, params, g))
+
+
+def asam_reference(grad, params, g, rho, adaptive_eta):
+  t = jax.tree.map(lambda p: jnp.abs(p) + adaptive_eta if p.ndim > 1
+                   else jnp.ones_like(p), params)
+  tg = jax.tree.map(jnp.multiply, t, g)
+  scale = rho / jnp.sqrt(_sq_norm(tg))
+  return grad(jax.tree.map(lambda p, a, b: p + scale * a * b, params, t, tg))
+
+
+def gradient_norm_penalty_reference(grad, params, g, alpha, r):
+  scale = r / jnp.sqrt(_sq_norm(g))
+  g1 = grad(jax.tree.map(lambda p, v: p + scale * v, params, g))
+  return jax.tree.map(lambda v, v1: (1 - alpha) * v + alpha * v1, g, g1)

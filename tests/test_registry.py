@@ -107,7 +107,7 @@ def test_options_reach_the_transformation():
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
-    ("forward", {"rho": 0.1}, r"takes \['eps', 'gamma', 'mask', 'axis_name', "
+    ("forward", {"rho": 0.1}, r"takes \['gamma', 'eps', 'mask', 'axis_name', "
      r"'per_device_perturbation'\]"),
     ("jvp", {"eps": 0.1}, r"\['gamma', "),
     ("sgd", {"gamma": 0.1}, "takes no arguments"),
