@@ -160,9 +160,14 @@ def _gr(method: str) -> Callable[..., optax.GradientTransformationExtraArgs]:
                            method=method)
 
 
-def _asam(loss_fn, rho, adaptive_eta, **options):
+def _asam(loss_fn: LossFn, rho: Any = 0.5, adaptive_eta: Any = 0.01, *,
+          has_aux: bool = False, mask: Any = None, axis_name: Any = None,
+          per_device_perturbation: bool = False
+          ) -> optax.GradientTransformationExtraArgs:
+  # Explicit arguments: optax.inject_hyperparams binds the signature.
   return sam_lib.sam(loss_fn, rho, adaptive=True, adaptive_eta=adaptive_eta,
-                     **options)
+                     has_aux=has_aux, mask=mask, axis_name=axis_name,
+                     per_device_perturbation=per_device_perturbation)
 
 
 _KARAKIDA = "Karakida et al., ICML 2023"

@@ -33,6 +33,27 @@ def _single(tx, params, batch):
   return tx.update(grads, tx.init(params), params, batch=batch)[0]
 
 
+def _vma_state_error(make, mesh, global_loss, params, batch, params1,
+                     batch1):
+  """The whole state out of shard_map(check_vma=True) with out_specs=P():
+  updates and metrics against one device's."""
+  tx = make(global_loss)
+
+  def local(params, batch):
+    loss, grads = jax.value_and_grad(global_loss)(params, batch)
+    return tx.update(grads, tx.init(params), params, batch=batch, value=loss)
+
+  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P("d")),
+                              out_specs=P(), check_vma=True))(params, batch)
+  single = make(mlp_loss)
+  loss, grads = jax.value_and_grad(mlp_loss)(params1, batch1)
+  want = single.update(grads, single.init(params1), params1, batch=batch1,
+                       value=loss)
+  metrics = lambda s: [gro.metrics(s[1]).loss, gro.metrics(s[1]).grad_norm,
+                       gro.metrics(s[1]).perturbed_loss]
+  return max(_rel(got[0], want[0]), _rel(metrics(got), metrics(want)))
+
+
 def _per_device_reference(name, params, batch):
   """m-sharpness by hand: each shard perturbs along its own gradient."""
   outs = []
@@ -95,6 +116,8 @@ def main():
       results[f"jit_sharded/{name}"] = _rel(got, want)
       results[f"shard_map_vma/{name}"] = _rel(
           sharded(make(global_loss), check_vma=True, loss=global_loss), want)
+      results[f"shard_map_vma_state/{name}"] = _vma_state_error(
+          make, mesh, global_loss, replicated, sharded_batch, params, batch)
       # Autodiff has already summed the gradient over the axis here, so
       # averaging it again is wrong: record the error or what is computed.
       try:

@@ -65,6 +65,14 @@ def test_shard_map_check_vma_with_global_loss_equals_single_device(
 
 
 @pytest.mark.parametrize("name", SOME)
+def test_shard_map_check_vma_returns_a_replicated_state(results, name):
+  """The documented check_vma=True pattern with the whole state as output
+  (out_specs=P()): the metrics computed from each device's batch are summed
+  over the axis as autodiff sums the gradient, and equal one device's."""
+  assert results[f"shard_map_vma_state/{name}"] < TOL
+
+
+@pytest.mark.parametrize("name", SOME)
 def test_shard_map_check_vma_with_axis_name_is_rejected(results, name):
   """Gradients that autodiff already reduced over the axis cannot be
   averaged again: this must be an error naming the remedy, not a result."""
