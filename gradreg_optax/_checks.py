@@ -108,6 +108,23 @@ def _is_number(value: Any) -> bool:
   return True
 
 
+def mask_arg(where: str, name: str, mask: Any) -> None:
+  """Rejects what cannot be a mask of the parameters.
+
+  A lone bool is refused too: it is what ``optax.inject_hyperparams`` makes
+  of a mask function, which it takes for a schedule of the step count.
+  """
+  if mask is None or callable(mask):
+    return
+  if isinstance(mask, (str, bytes)) or np.ndim(mask) == 0 and not isinstance(
+      mask, (dict, list, tuple)):
+    raise TypeError(
+        f"{where}: `{name}` must be a pytree of bools like the parameters "
+        "(or a prefix of it), or a callable of the parameters returning one, "
+        f"got {mask!r}. Inside optax.inject_hyperparams, which takes a "
+        f"callable for a schedule, give static_args=('{name}',).")
+
+
 def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,
                            mask: Any, axis_name: Any,
                            per_device_perturbation: Any) -> dict[str, Any]:
@@ -119,10 +136,7 @@ def transformation_options(where: str, loss_fn: Any, *, has_aux: Any,
   callable_arg(where, "loss_fn", loss_fn, "loss_fn(params, batch)")
   bool_arg(where, "has_aux", has_aux)
   bool_arg(where, "per_device_perturbation", per_device_perturbation)
-  if isinstance(mask, (str, bytes)):
-    raise TypeError(f"{where}: `mask` must be a pytree of bools like the "
-                    "parameters, or a callable of the parameters returning "
-                    f"one, got {mask!r}.")
+  mask_arg(where, "mask", mask)
   if axis_name is not None and not (
       isinstance(axis_name, str)
       or (isinstance(axis_name, tuple) and axis_name

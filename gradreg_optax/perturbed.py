@@ -71,7 +71,7 @@ def perturbed_gradient(
     normalize: bool = False,
     adaptive: bool = False,
     adaptive_eta: float = 0.01,
-    adaptive_mask: MaskOrFn = weight_matrices,
+    adaptive_mask: MaskOrFn | None = None,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
     axis_name: str | tuple[str, ...] | None = None,
@@ -122,8 +122,9 @@ def perturbed_gradient(
     adaptive: ASAM's elementwise scaling of the displacement.
     adaptive_eta: ASAM's ``eta``; ``T = |theta| + adaptive_eta``.
     adaptive_mask: which leaves ASAM scales: a pytree of bools like the
-      parameters, or a function of the parameters returning one (default:
-      leaves of two or more dimensions; biases and normalization parameters
+      parameters (or a prefix of it), or a function of the parameters
+      returning one; ``None`` (the default) is :func:`weight_matrices`,
+      leaves of two or more dimensions (biases and normalization parameters
       are left out).
     has_aux: ``loss_fn`` returns ``(loss, aux)``; the ``aux`` of the extra
       evaluations is discarded (BatchNorm statistics are updated once, by
@@ -185,17 +186,16 @@ def build(where: str, loss_fn: LossFn,
           specs: Mapping[str, method.Hyperparameter],
           values: Mapping[str, Any], displacements: Displacements, *,
           normalize: bool, adaptive: bool = False,
-          adaptive_eta: Any = 0.01, adaptive_mask: MaskOrFn = weight_matrices,
+          adaptive_eta: Any = 0.01, adaptive_mask: MaskOrFn | None = None,
           is_off: Callable[[Any], Any] | None = None,
           **options: Any) -> optax.GradientTransformationExtraArgs:
   """A named method that is a perturbed gradient (checks its arguments)."""
   _checks.bool_arg(where, "normalize", normalize)
   _checks.bool_arg(where, "adaptive", adaptive)
   if adaptive:
-    if isinstance(adaptive_mask, (str, bytes)) or adaptive_mask is None:
-      raise TypeError(f"{where}: `adaptive_mask` must be a pytree of bools "
-                      "like the parameters (or a prefix of it), or a "
-                      f"callable of the parameters, got {adaptive_mask!r}.")
+    _checks.mask_arg(where, "adaptive_mask", adaptive_mask)
+    if adaptive_mask is None:
+      adaptive_mask = weight_matrices
     specs = {**specs, "adaptive_eta": ADAPTIVE_ETA}
     values = {**values, "adaptive_eta": adaptive_eta}
   step = displacement_step(displacements, normalize=normalize,

@@ -9,7 +9,6 @@ import optax
 from gradreg_optax import perturbed
 from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import LossFn, MaskOrFn, ScalarOrSchedule
-from gradreg_optax.perturbed import weight_matrices
 
 
 def gradient_norm_penalty(
@@ -71,7 +70,7 @@ def sam(
     normalize: bool = True,
     adaptive: bool = False,
     adaptive_eta: float = 0.01,
-    adaptive_mask: MaskOrFn = weight_matrices,
+    adaptive_mask: MaskOrFn | None = None,
     has_aux: bool = False,
     mask: MaskOrFn | None = None,
     axis_name: str | tuple[str, ...] | None = None,

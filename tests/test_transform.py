@@ -402,3 +402,76 @@ def test_a_vmapped_ensemble_equals_its_members_trained_alone():
                                 rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gro.metrics(state).sharpness[k],
                                gro.metrics(alone_state).sharpness, rtol=1e-4)
+
+
+# --- errors that name what was wrong ---------------------------------------------
+
+
+def test_updates_not_shaped_like_the_params_are_named():
+  tx = gro.sam(mlp_loss)
+  grads = jax.grad(mlp_loss)(PARAMS, BATCH)
+  bad = jax.tree.map(lambda x: x, grads)
+  bad[0]["b"] = bad[0]["b"][:1]
+  with pytest.raises(ValueError, match=r"gradreg_optax.sam: `updates` must "
+                     r"have the shapes of `params`; \[0\]\['b'\] has shape"):
+    tx.update(bad, tx.init(PARAMS), PARAMS, batch=BATCH)
+  missing = [grads[0], {"w": grads[1]["w"]}]
+  with pytest.raises(ValueError, match=r"structure of `params`.*missing "
+                     r"\[\"\[1\]\['b'\]\"\]"):
+    tx.update(missing, tx.init(PARAMS), PARAMS, batch=BATCH)
+
+
+def test_adaptive_mask_may_be_a_prefix_like_mask():
+  full = jax.tree.map(lambda p: p.ndim > 1 and p.shape[0] == 8, PARAMS)
+  prefix = [full[0]["w"], {"w": False, "b": False}]
+  got, _ = _step(gro.sam(mlp_loss, 0.5, adaptive=True, adaptive_mask=prefix))
+  want, _ = _step(gro.sam(mlp_loss, 0.5, adaptive=True, adaptive_mask=full))
+  chex.assert_trees_all_close(got[0], want[0], rtol=1e-6)
+
+
+def test_adaptive_mask_errors_name_the_argument():
+  with pytest.raises(ValueError, match="`adaptive_mask` must have the "
+                     "structure of the parameters"):
+    _step(gro.sam(mlp_loss, 0.5, adaptive=True,
+                  adaptive_mask={"w": True}))
+  # inject_hyperparams takes a callable for a schedule: the mask is lost.
+  for name in ("adaptive_mask", "mask"):
+    tx = optax.inject_hyperparams(gro.sam, static_args=("loss_fn",))(
+        mlp_loss, 0.5, adaptive=True, **{name: gro.weight_matrices})
+    with pytest.raises(TypeError, match=rf"`{name}` must be a pytree.*"
+                       rf"static_args=\('{name}',\)"):
+      tx.init(PARAMS)
+  # The default mask survives inject_hyperparams.
+  tx = optax.inject_hyperparams(gro.sam, static_args=("loss_fn",))(
+      mlp_loss, 0.5, adaptive=True)
+  got = tx.update(jax.grad(mlp_loss)(PARAMS, BATCH), tx.init(PARAMS), PARAMS,
+                  batch=BATCH)[0]
+  (want, _), _ = _step(gro.sam(mlp_loss, 0.5, adaptive=True))
+  chex.assert_trees_all_close(got, want, rtol=1e-6)
+  tx = optax.inject_hyperparams(
+      gro.sam, static_args=("loss_fn", "adaptive_mask"))(
+          mlp_loss, 0.5, adaptive=True, adaptive_mask=gro.weight_matrices)
+  got = tx.update(jax.grad(mlp_loss)(PARAMS, BATCH), tx.init(PARAMS), PARAMS,
+                  batch=BATCH)[0]
+  (want, _), _ = _step(gro.sam(mlp_loss, 0.5, adaptive=True))
+  chex.assert_trees_all_close(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("extra", ["batch", "loss_fn"])
+def test_an_error_in_the_users_loss_says_the_library_called_it(extra):
+  def loss_fn(params, batch):
+    if batch.shape[0] != BATCH[0].shape[0]:
+      raise RuntimeError("my loss failed")
+    return jnp.sum(params[0]["w"]) * jnp.sum(batch)
+  tx = gro.sam(loss_fn)
+  params, batch = PARAMS, BATCH[0]
+  grads = jax.tree.map(jnp.ones_like, params)
+  short = batch[:2]
+  args = ({"batch": short} if extra == "batch"
+          else {"loss_fn": lambda p: loss_fn(p, short)})
+  with pytest.raises(RuntimeError, match="my loss failed") as info:
+    tx.update(grads, tx.init(params), params, **args)
+  want = ("`batch` the extra argument" if extra == "batch"
+          else "the `loss_fn` extra argument")
+  assert any("gradreg_optax.sam called" in n and want in n
+             for n in getattr(info.value, "__notes__", [])), info.value
