@@ -128,3 +128,19 @@ def test_the_registry_is_read_only():
     gro.METHODS["mine"] = gro.METHODS["sam"]
   assert isinstance(gro.METHODS["sam"].defaults["rho"], float)
   assert jnp.isscalar(gro.METHODS["forward"].defaults["gamma"])
+
+
+@pytest.mark.parametrize("name", [n for n, m in gro.METHODS.items()
+                                  if m.transforms])
+def test_every_state_can_be_donated(name):
+  """State made outside jit, then a step that donates it (each leaf its own
+  buffer: XLA refuses to donate one buffer twice)."""
+  tx = optax.chain(gro.METHODS[name](mlp_loss).tx, optax.sgd(0.1))
+  state = tx.init(PARAMS)
+  leaves = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+  assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+  step = jax.jit(lambda s: tx.update(GRADS, s, PARAMS, batch=BATCH),
+                 donate_argnums=0)
+  _, new = step(state)
+  assert state[0].count.is_deleted()  # donated (unused inputs are dropped)
+  step(new)  # the state a step returns can be donated too
