@@ -106,9 +106,9 @@ def regularizer(name: str, loss_fn: Callable[..., Any],
     here, as does a schedule (a plain Python callable) whose value at step 0
     is outside it;
   * at run time (a schedule later on, an injected value), a value outside
-    its domain makes the step's output NaN, so that
-    ``optax.apply_if_finite`` skips the step, leaves the method's state as
-    it was, and sets ``Metrics.valid`` to false, with
+    its domain makes the step's output NaN, so that an optimizer wrapped in
+    ``optax.apply_if_finite`` after this transformation skips the step; the
+    method's state is left as it was, and sets ``Metrics.valid`` to false, with
     ``Metrics.hyperparameters`` holding the values used; under
     ``jax.experimental.checkify`` the check reports the argument by name.
     A method is never silently turned into another.
