@@ -11,8 +11,12 @@ import pytest
 import gradreg_optax as gro
 
 from gradreg_optax.experiments import compare
+from gradreg_optax.experiments import dln_bias
+from gradreg_optax.experiments import flatness_digits
 from gradreg_optax.experiments import grid
+from gradreg_optax.experiments import igr
 from gradreg_optax.experiments import train
+from gradreg_optax.experiments import transformer
 
 _TRAIN = "python -m gradreg_optax.experiments.train: error: "
 
@@ -185,13 +189,17 @@ def test_a_method_added_to_the_registry_gets_its_flags_without_edits():
   assert "--theta THETA mixing weight, a number in (0, 1]" in help_
 
 
-@pytest.mark.parametrize("main", [train.main, compare.main])
-def test_without_scikit_learn_one_line_names_the_extra(main, monkeypatch,
-                                                       capsys):
+@pytest.mark.parametrize("main,argv,purpose", [
+    (train.main, ["--epochs", "1"], "--dataset digits"),
+    (compare.main, ["--epochs", "1"], "--dataset digits"),
+    (igr.main, ["--quick"], "the digits data set"),
+    (flatness_digits.main, ["--quick"], "the digits data set")])
+def test_without_scikit_learn_one_line_names_the_extra(main, argv, purpose,
+                                                       monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "sklearn", None)  # import fails
-  err = _error(main, ["--epochs", "1"], capsys)
+  err = _error(main, argv, capsys)
   assert err.split(": error: ")[1] == (
-      "--dataset digits needs scikit-learn, which is not installed: "
+      f"{purpose} needs scikit-learn, which is not installed: "
       'pip install -e ".[examples]"\n')
 
 
@@ -209,7 +217,10 @@ def test_without_matplotlib_out_dir_warns_before_training_and_writes_json(
 
 @pytest.mark.parametrize("main,argv", [
     (grid.main, ["--figure", "{tmp}/map.png"]),
-    (compare.main, ["--figure", "{tmp}/cmp.png"])])
+    (compare.main, ["--figure", "{tmp}/cmp.png"]),
+    (igr.main, ["--quick", "--figure", "{tmp}/igr.png"]),
+    (flatness_digits.main, ["--quick", "--figure", "{tmp}/flat.png"]),
+    (transformer.main, ["--figure", "{tmp}/lm.png"])])
 def test_without_matplotlib_a_requested_figure_stops_before_training(
     main, argv, tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -231,6 +242,12 @@ def test_without_matplotlib_a_requested_figure_stops_before_training(
      "is a folder"),
     (grid.main, ["--figure", "{file}/map.png"], "argument --figure: "
      "'{file}' is a file, so '{file}' cannot be a folder"),
+    (dln_bias.main, ["--quick", "--out", "{file}"], "argument --out: "
+     "'{file}' exists and is not a folder"),
+    (dln_bias.main, ["--quick", "--runs", "{tmp}"], "argument --runs: "
+     "'{tmp}' is a folder"),
+    (transformer.main, ["--out", "{file}/lm"], "argument --out: '{file}' is "
+     "a file, so '{file}' cannot be a folder"),
 ])
 def test_output_paths_are_checked_before_training(main, argv, expected,
                                                    tmp_path, capsys):
@@ -248,3 +265,18 @@ def test_train_checks_out_dir_before_training(tmp_path):
   with pytest.raises(ValueError, match="train: `out_dir` '.*taken' exists "
                      "and is not a folder"):
     train.train(train.Config(out_dir=str(taken)), dataset=object())
+
+
+def test_dln_bias_without_matplotlib_warns_and_writes_the_results(
+    tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)
+  monkeypatch.setattr(dln_bias, "run", lambda cfg, log: "runs")
+  monkeypatch.setattr(dln_bias, "summarize", lambda res, cfg: {})
+  monkeypatch.setattr(dln_bias, "tables", lambda summary, cfg: "tables")
+  dln_bias.main(["--quick", "--out", str(tmp_path), "--figures",
+                 str(tmp_path / "figures")])
+  err = capsys.readouterr().err
+  assert err == ("warning: Matplotlib is not installed, so --figures gets no "
+                 'figures (pip install -e ".[examples]")\n')
+  assert sorted(os.listdir(tmp_path)) == ["dln_bias_quick.json",
+                                          "dln_bias_quick.md"]

@@ -41,7 +41,7 @@ def hyperparameter_users(
 ) -> dict[str, tuple[tuple[str, gro.Hyperparameter], ...]]:
   """Each hyperparameter name of ``methods`` -> ``(method, Hyperparameter)``.
 
-  One name serves every method that has it (``gamma`` of GR and of WSAM),
+  One name serves every method that has it (``rho`` of SAM and of ASAM),
   whatever its domain, default and help in each.
 
   Example:
