@@ -97,7 +97,7 @@ def test_flatness_digits_quick(tmp_path):
   assert res["command"].endswith(f"--quick --out {out} --figure {out}.png")
   assert res["data"] == {"name": "digits", "train": 1438, "test": 359,
                          "split": "data.load_digits()"}
-  assert {r["method"] for r in res["runs"]} == {"sgd", "f-gr", "sam"}
+  assert {r["method"] for r in res["runs"]} == {"sgd", "forward", "sam"}
   for r in res["runs"]:
     assert 0.5 < r["test_acc"] <= 1.0
     assert r["top_eigenvalue"] > 0 and r["trace"] > 0
