@@ -30,11 +30,13 @@ form with a per-coordinate effective scale (Karakida et al., Theorem 5.1)
   c_1 = 2 g(0)^2,
 
 where ``g = dL/dbeta`` (elementwise squares), ``eps > 0`` is F-GR and
-``eps < 0`` B-GR. (These constants are for the loss as written here; the
-paper's ``c_0 = int (X^T r)^2 / n^2``, ``c_1 = (X^T r(0))^2 / (2 n^2)`` have
-the same ratio and differ by its normalization.) Gradient descent with a
-finite step ``h`` adds ``h / 2`` to ``gamma`` in ``c_0`` (its implicit
-gradient regularization, Barrett & Dherin, 2021).
+``eps < 0`` B-GR. For the loss ``||X beta - y||^2 / (4n)`` these are exactly
+the paper's ``c_0 = int (X^T r)^2 ds / n^2`` and ``c_1 = (X^T r(0))^2 /
+(2 n^2)`` (``r = X beta - y``): its ``gamma``, ``eps`` and time (the step
+``h``) are those of the sum loss used here times :func:`paper_scale`,
+``4 n``. Gradient descent with a finite step ``h`` adds ``h / 2`` to
+``gamma`` in ``c_0`` (its implicit gradient regularization, Barrett &
+Dherin, 2021).
 
 Along the actual GR trajectory the scale is exact, to all orders in
 ``gamma`` and ``eps`` (derivation in ``docs/dln_theory.md``):
@@ -464,6 +466,11 @@ def train_gr(params: dict[str, Array], batch: tuple[Array, Array],
 
 
 _PLAIN_GD = optax.with_extra_args_support(optax.identity())
+# The sign of the displaced point w + sign * eps * grad L of each method of
+# gro.METHODS that this closed form covers. It is the theory's, not the
+# transformation's: the exact exponent 4 int g g' dt holds for one displaced
+# point (F-GR, B-GR) or none (the exact methods); the central difference has
+# two, and the other methods of the registry are not gradient regularization.
 _SIGN = {"forward": 1.0, "backward": -1.0, "double_backprop": 0.0, "jvp": 0.0}
 
 
@@ -649,7 +656,32 @@ def signed_eps(method: str, eps: float) -> float:
     >>> dln.signed_eps("backward", 0.1)
     -0.1
   """
-  return {"forward": eps, "backward": -eps}.get(method, 0.0)
+  return _SIGN.get(method, 0.0) * eps
+
+
+def paper_scale(n: int) -> int:
+  r"""``4 n``: the sum loss's ``gamma``, ``eps`` and ``h`` times this are the
+  paper's.
+
+  Karakida et al. (2023, Theorem 5.1) give ``c_0 = int (X^T r)^2 ds / n^2``
+  and ``c_1 = (X^T r(0))^2 / (2 n^2)``; with ``g = dL/dbeta`` these are the
+  module's ``4 int g^2 dt`` and ``2 g(0)^2`` exactly when
+  ``L = ||X beta - y||^2 / (4n)``, whose path with ``(gamma, eps, h)`` is
+  the sum loss's with ``(gamma, eps, h) / (4 n)`` (``docs/dln_theory.md``).
+  The exponents ``gamma c_0`` and ``gamma eps c_1`` are the same in both.
+
+  Args:
+    n: the number of training samples.
+
+  Returns:
+    The factor ``4 n``.
+
+  Example:
+    >>> from gradreg_optax import dln
+    >>> 1e-3 * dln.paper_scale(50)  # the sum loss's gamma = 1e-3
+    0.2
+  """
+  return 4 * n
 
 
 def generalization_error(b: Array, data: Data) -> Array:

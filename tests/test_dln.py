@@ -325,3 +325,92 @@ def test_gd_conserves_the_product_of_the_weights():
                   0.2 * lr_for(data, alpha), tol=1e-10)
   ref = dln.interpolating_params(dln.beta(out.params), alpha)
   chex.assert_trees_all_close(out.params, ref, rtol=2e-3)
+
+
+def _measured_over_paper_exponent(kappa_per_n, d=10, n=5, alpha=0.5,
+                                  gamma=1e-3, eps=0.05, fraction=0.01):
+  # Hand-written gradient descent on L = ||X beta - y||^2 / (kappa_per_n n):
+  # plain, exact GR (a Hessian-vector product) and finite-difference GR at
+  # +eps and -eps, all in this loss's own units. Each run's exponent
+  # E = log alpha - log(w_+ w_-) / 2 is read off its final weights alone
+  # (the flow keeps w_+ w_- = alpha_GR^2); GD's own correction cancels in
+  # the differences. The paper's c0 = int (X^T r)^2 ds / n^2 and
+  # c1 = (X^T r(0))^2 / (2 n^2) are summed along the GD run.
+  data = small_data(seed=1, d=d, n=n, k=2)
+  x, y = data.x, data.y
+  kappa = kappa_per_n * n
+  loss = lambda w: jnp.sum((x @ (w[0] ** 2 - w[1] ** 2) - y) ** 2) / kappa
+  grad = jax.grad(loss)
+  w0 = jnp.full((2, d), alpha, jnp.float64)
+  lam = jnp.linalg.eigvalsh(jax.hessian(lambda v: loss(v.reshape(2, d)))(
+      w0.reshape(-1)))[-1]
+  h = fraction * 2 / lam
+
+  def directions(w):
+    g = grad(w)
+    return (g, g + gamma * jax.jvp(grad, (w,), (g,))[1],
+            g + gamma * (grad(w + eps * g) - g) / eps,
+            g + gamma * (grad(w - eps * g) - g) / -eps)
+
+  def body(carry):
+    ws, c0, step = carry
+    r = x @ (ws[0, 0] ** 2 - ws[0, 1] ** 2) - y
+    new = jnp.stack([w - h * directions(w)[i] for i, w in enumerate(ws)])
+    return new, c0 + h * (x.T @ r) ** 2 / n ** 2, step + 1
+
+  def cond(carry):
+    ws, _, step = carry
+    res = jnp.linalg.norm(x @ (ws[:, 0] ** 2 - ws[:, 1] ** 2).T - y[:, None],
+                          axis=0) / jnp.linalg.norm(y)
+    return (res.max() > 1e-9) & (step < 200_000)
+
+  ws, c0, steps = jax.jit(lambda: jax.lax.while_loop(
+      cond, body, (jnp.stack([w0] * 4), jnp.zeros(d), 0)))()
+  assert int(steps) < 200_000
+  e = jnp.log(alpha) - jnp.log(ws[:, 0] * ws[:, 1]) / 2
+  c1 = (x.T @ y) ** 2 / (2 * n ** 2)
+  ratio = lambda a, b: float(a @ b / (b @ b))
+  return (ratio(e[1] - e[0], gamma * c0),
+          ratio((e[2] - e[3]) / (2 * eps), gamma * c1))
+
+
+@pytest.mark.parametrize("kappa_per_n,expected", [(4, 1.0), (2, 4.0)])
+def test_paper_constants_are_exact_for_the_loss_over_4n(kappa_per_n,
+                                                       expected):
+  # The paper's c0 and c1 are the exponent of the effective scale for the
+  # loss ||X beta - y||^2 / (4n); for 1/(2n) the exponent is 4 times them.
+  ratio_c0, ratio_c1 = _measured_over_paper_exponent(kappa_per_n)
+  assert ratio_c0 == pytest.approx(expected, rel=0.01)
+  assert ratio_c1 == pytest.approx(expected, rel=0.01)
+
+
+def test_paper_scale_converts_the_sum_loss_to_the_papers_units():
+  # The sum loss with (gamma, eps, h) follows the path of ||.||^2 / (4n)
+  # with (gamma, eps, h) * paper_scale(n).
+  data = small_data()
+  batch = (data.x, data.y)
+  s = dln.paper_scale(data.x.shape[0])
+  paper = lambda p, b: dln.loss(p, b) / s
+
+  def descend(loss_fn, gamma, eps, lr):
+    tx = gro.gradient_regularization(loss_fn, gamma, eps=eps)
+
+    def step(_, carry):
+      p, state = carry
+      u, state = tx.update(jax.grad(loss_fn)(p, batch), state, p,
+                           batch=batch)
+      return jax.tree.map(lambda w, v: w - lr * v, p, u), state
+
+    params = dln.init_params(0.5, 40, jnp.float64)
+    return jax.lax.fori_loop(0, 300, step, (params, tx.init(params)))[0]
+
+  gamma, eps, lr = 1e-3, 0.05, lr_for(data, 0.5)
+  chex.assert_trees_all_close(descend(dln.loss, gamma, eps, lr),
+                              descend(paper, gamma * s, eps * s, lr * s),
+                              rtol=1e-9)
+
+
+def test_the_closed_forms_methods_are_the_registrys_gr_methods():
+  for name, sign in dln._SIGN.items():  # pylint: disable=protected-access
+    assert "gamma" in gro.METHODS[name].hyperparameters
+    assert dln.signed_eps(name, 0.1) == sign * 0.1

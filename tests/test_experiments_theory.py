@@ -17,22 +17,28 @@ def _finite(v):
 
 
 def test_dln_bias_quick(tmp_path):
+  runs = tmp_path / "runs.json"
   dln_bias.main(["--quick", "--out", str(tmp_path), "--figures",
-                 str(tmp_path)])
+                 str(tmp_path), "--runs", str(runs)])
   res = json.loads((tmp_path / "dln_bias_quick.json").read_text())
-  assert res["command"] == ("python -m gradreg_optax.experiments.dln_bias "
-                            f"--quick --out {tmp_path} --figures {tmp_path}")
+  assert res["command"] == (
+      "python -m gradreg_optax.experiments.dln_bias --quick --out "
+      f"{tmp_path} --figures {tmp_path} --runs {runs}")
   assert res["seeds_completed"] == [0, 1]
+  assert "runs" not in res  # the summaries only; the records go to --runs
   (bias,) = res["summary"]["bias"]
   assert bias["rel_err_solver_h"]["n"] == 2
   assert bias["rel_err_solver_h"]["mean"] < 1e-4
-  assert all(r["converged"] and _finite(r["test_error"])
-             for r in res["runs"]["sweep"])
-  assert {r["method"] for r in res["runs"]["sweep"]} == {
+  records = json.loads(runs.read_text())
+  assert records["command"] == res["command"]
+  sweep = records["runs"]["sweep"]
+  assert all(r["converged"] and _finite(r["test_error"]) for r in sweep)
+  assert {r["method"] for r in sweep} == {
       "forward", "backward", "double_backprop"}
+  assert res["summary"]["runs"]["converged"] == len(sweep)
   for entry in res["summary"]["sweep"]:
     assert entry["rel_err_exact"]["mean"] < 0.02
-    assert entry["eps_mean_loss"] == 10 * entry["eps_signed"]  # N = 10
+    assert entry["eps_paper"] == 40 * entry["eps_signed"]  # 4N, N = 10
   grid = res["summary"]["grid"]
   assert {e["method"] for e in grid} == {"forward", "backward",
                                          "double_backprop"}
@@ -48,7 +54,8 @@ def test_dln_bias_summary_is_mean_and_spread_over_seeds():
   cfg = dict(dln_bias.QUICK, seeds=[0, 1, 2])
   rows = [dict(seed=s, alpha=1.0, gamma=1e-3, method="forward",
                eps_signed=0.1, diverged=s == 2, converged=s != 2,
-               test_error=None if s == 2 else 1.0 + s, gd_test_error=2.0)
+               test_error=None if s == 2 else 1.0 + s, gd_test_error=2.0,
+               gd_l1=3.0)
           for s in (0, 1, 2)]
   for r in rows:
     for key in ("l1", "rel_change_from_gd", "rel_err_first_order",
@@ -64,7 +71,9 @@ def test_dln_bias_summary_is_mean_and_spread_over_seeds():
   assert entry["diverged"] == 1 and entry["converged"] == 2
   assert entry["test_error"] == dict(mean=1.5, std=math.sqrt(0.5), n=2)
   assert entry["ratio_to_gd"]["mean"] == 0.75
-  assert entry["eps_mean_loss"] == 0.1 * cfg["n"]
+  assert entry["eps_paper"] == 0.1 * 4 * cfg["n"]
+  assert entry["gd_l1"] == dict(mean=3.0, std=0.0, n=3)
+  assert summary["runs"]["converged"] == 2
   (cell,) = summary["grid"]
   assert cell["fraction_diverged"] == pytest.approx(1 / 3)
   assert cell["stalled"] == 0
@@ -88,7 +97,7 @@ def test_flatness_digits_quick(tmp_path):
   assert res["command"].endswith(f"--quick --out {out} --figure {out}.png")
   assert res["data"] == {"name": "digits", "train": 1438, "test": 359,
                          "split": "data.load_digits()"}
-  assert {r["method"] for r in res["runs"]} == {"sgd", "f-gr", "sam"}
+  assert {r["method"] for r in res["runs"]} == {"sgd", "forward", "sam"}
   for r in res["runs"]:
     assert 0.5 < r["test_acc"] <= 1.0
     assert r["top_eigenvalue"] > 0 and r["trace"] > 0

@@ -54,7 +54,7 @@ def test_make_method_matches_hand_formula_on_a_quadratic(method):
 
 def test_make_method_flooding_and_errors():
   loss = lambda p, b: jnp.sum(p ** 2)
-  tx, flooded = train.make_method("flooding", loss, train.Config(flood=2.0))
+  tx, flooded = train.make_method("flooding", loss, train.Config(b=2.0))
   g = jnp.array([0.5])
   assert tx.update(g, tx.init(g), g, batch=None)[0] is g  # the identity
   assert float(flooded(jnp.ones(1), None)) == pytest.approx(3.0)  # |1-2|+2
@@ -86,12 +86,12 @@ def _params_after(config, dataset):
 
 @pytest.mark.parametrize("method,switch_off", [
     ("forward", {"gamma": 0.0}), ("sam", {"rho": 0.0}),
-    ("flooding", {"flood": 0.0})])
+    ("flooding", {"b": 0.0})])
 def test_switched_off_methods_equal_sgd(method, switch_off, digits):
   sgd = _params_after(TINY, digits)
   off = _params_after(dataclasses.replace(TINY, method=method, **switch_off),
                       digits)
-  on = _params_after(dataclasses.replace(TINY, method=method, flood=5.0),
+  on = _params_after(dataclasses.replace(TINY, method=method, b=5.0),
                      digits)
   chex.assert_trees_all_close(off, sgd, rtol=1e-6)
   assert on["train_loss"] != sgd["train_loss"]
@@ -99,7 +99,7 @@ def test_switched_off_methods_equal_sgd(method, switch_off, digits):
 
 def test_flooding_above_the_loss_ascends(digits):
   # Below the flood level the flooded gradient is the negated gradient.
-  cfg = dataclasses.replace(TINY, max_steps=None, epochs=2, flood=100.0,
+  cfg = dataclasses.replace(TINY, max_steps=None, epochs=2, b=100.0,
                             learning_rate=0.05)
   up = train.train(dataclasses.replace(cfg, method="flooding"), digits)
   down = train.train(cfg, digits)

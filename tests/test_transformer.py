@@ -241,6 +241,14 @@ def test_methods_come_from_the_registry_with_their_defaults():
       assert tlm.parse_method(name).hyperparameters == dict(method.defaults)
 
 
+def test_method_hyperparameters_are_held_to_the_registrys_domains():
+  with pytest.raises(ValueError, match=r"'sam:rho=-1': expected rho >= 0, "
+                     r"got -1$"):
+    tlm.parse_method("sam:rho=-1")
+  with pytest.raises(ValueError, match=r"expected eps > 0, got 0$"):
+    tlm.parse_method("forward:eps=0")
+
+
 def test_the_corpus_split_is_deterministic_and_windows_stay_in_their_part():
   corpus = tlm.load_corpus()
   again = tlm.load_corpus()

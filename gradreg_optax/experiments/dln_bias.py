@@ -21,13 +21,16 @@ at the start and at the flow's limit, whichever is larger):
    stall (no interpolation within the step budget), and the test error
    relative to gradient descent at the same step.
 
-The mean loss ``L / N`` with ``(gamma, eps, h)`` follows the same path as the
-sum loss with ``(gamma / N, eps / N, h / N)``, so only the sum is run; the
-paper's units, if its loss is the mean, are ``N = 50`` times ours.
+The loss ``L / k`` with ``(gamma, eps, h)`` follows the same path as the sum
+loss with ``(gamma / k, eps / k, h / k)``, so only the sum is run. The
+paper's constants ``c_0``, ``c_1`` are exact for ``k = 4N``: its units are
+ours times :func:`gradreg_optax.dln.paper_scale`, ``4N = 200``; the tables
+give both.
 
 Run: ``python -m gradreg_optax.experiments.dln_bias --out docs/results
 --figures docs/figures`` (``--quick`` for a tiny run, ``--seeds`` to choose
-the data seeds).
+the data seeds, ``--runs FILE`` to keep every run's record; the result file
+holds the summaries over seeds).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import gradreg_optax as gro
 from gradreg_optax import dln
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
@@ -76,8 +80,10 @@ QUICK = dict(
 )
 TOL = 1e-7
 METHODS = ("forward", "backward", "double_backprop")
-LABEL = {"forward": "F-GR", "backward": "B-GR", "double_backprop": "DB",
-         "gd": "GD"}
+
+
+def _label(method: str) -> str:
+  return gro.METHODS[method].label
 
 
 # --- Batched runs: seeds on the outer axis, hyperparameters on the inner ----
@@ -243,7 +249,7 @@ def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
                   e_first[i, j][~sup].mean())))
       ratio = np.nanmean(np.where(ok, err, np.nan) / err0[:, None], axis=0)
       worst = np.nanmax(np.where(ok, np.asarray(_rel(b, p_exact)), np.nan))
-      log(f"[sweep] alpha {alpha} {LABEL[method]} ({time.time() - t0:.0f} s):"
+      log(f"[sweep] alpha {alpha} {_label(method)} ({time.time() - t0:.0f} s):"
           f" test / GD (seed-mean) "
           + " ".join(f"{e:+.0e}:{r:.3f}" for e, r in zip(signed, ratio))
           + f"; exact-prediction error max {float(worst):.2e}")
@@ -275,7 +281,7 @@ def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
               diverged=bool(out.diverged[i, j]), converged=bool(conv[i, j]),
               test_error=_f(err[i, j]) if conv[i, j] else None,
               gd_test_error=float(err0[i])))
-      log(f"[grid] step {frac_g} {LABEL[method]} ({time.time() - t0:.0f} s):"
+      log(f"[grid] step {frac_g} {_label(method)} ({time.time() - t0:.0f} s):"
           f" diverged {int(np.asarray(out.diverged).sum())} of "
           f"{out.diverged.size}, stalled "
           f"{int((~conv & ~np.asarray(out.diverged)).sum())}")
@@ -317,13 +323,14 @@ def summarize(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
           "rel_err_first_order", "rel_err_exact", "exponent_support",
           "exponent_off_support", "first_order_exponent_support",
           "first_order_exponent_off_support", "uniform_test_error",
-          "gd_test_error", "steps")
+          "gd_test_error", "gd_l1", "steps")
   groups = {}
   for r in res["sweep"]:
     groups.setdefault((r["alpha"], r["method"], r["eps_signed"]), []).append(r)
   for (alpha, method, eps), rows in groups.items():
     entry = dict(alpha=alpha, method=method, eps_signed=eps,
-                 eps_mean_loss=eps * cfg["n"], gamma=rows[0]["gamma"],
+                 eps_paper=eps * dln.paper_scale(cfg["n"]),
+                 gamma=rows[0]["gamma"],
                  seeds=len(rows),
                  diverged=sum(r["diverged"] for r in rows),
                  converged=sum(r["converged"] for r in rows))
@@ -343,7 +350,30 @@ def summarize(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         fraction_diverged=sum(r["diverged"] for r in rows) / len(rows),
         ratio_to_gd=stats([_ratio(r) for r in rows]),
         test_error=stats([r["test_error"] for r in rows])))
+  out["runs"] = _run_counts(res["sweep"])
   return out
+
+
+def _run_counts(sweep: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """What the tables say of single runs of the sweep, counted."""
+  conv = [r for r in sweep if r["converged"]]
+  exact = [r["rel_err_exact"] for r in conv]
+  pairs = [(f, b) for f in conv if f["method"] == "forward"
+           for b in conv if b["method"] == "backward"
+           and (b["seed"], b["alpha"], -b["eps_signed"])
+           == (f["seed"], f["alpha"], f["eps_signed"])]
+  return dict(
+      converged=len(conv),
+      rel_err_exact_max=max(exact, default=None),
+      rel_err_exact_below_2_percent=sum(e < 0.02 for e in exact),
+      rel_err_first_order_below_2_percent=sum(
+          r["rel_err_first_order"] < 0.02 for r in conv),
+      exponent_sign_agrees=sum((r["exponent_support"] < 0)
+                               == (r["test_error"] < r["gd_test_error"])
+                               for r in conv),
+      forward_backward_pairs=len(pairs),
+      backward_below_forward=sum(b["test_error"] < f["test_error"]
+                                 for f, b in pairs))
 
 
 def _pm(s, fmt=".3f"):
@@ -353,14 +383,15 @@ def _pm(s, fmt=".3f"):
   return f"{s['mean']:{fmt}}{std}"
 
 
-def tables(summary: dict[str, Any], cfg: dict[str, Any],
-           runs_sweep: Sequence[dict[str, Any]]) -> str:
+def tables(summary: dict[str, Any], cfg: dict[str, Any]) -> str:
   """Markdown tables of the summary (mean ± std over seeds)."""
   n_seeds = len(cfg["seeds"])
+  scale = dln.paper_scale(cfg["n"])
   lines = [f"Mean ± standard deviation over {n_seeds} data seeds "
            f"{cfg['seeds']} (n = converged seeds where fewer). Sum loss; "
-           f"`eps`, `gamma` and `h` of the mean loss are N = {cfg['n']} "
-           f"times these.", "",
+           f"`eps`, `gamma` and `h` in the paper's units (the loss "
+           f"||X beta - y||^2 / (4N), for which its c_0, c_1 are exact) are "
+           f"4N = {scale} times these.", "",
            f"### Gradient descent against argmin phi_alpha (h = "
            f"{cfg['step_fraction']} x 2/lambda_max)", "",
            "| alpha | steps | test error GD | test error solver | "
@@ -375,17 +406,17 @@ def tables(summary: dict[str, Any], cfg: dict[str, Any],
   for alpha in cfg["sweep_alphas"]:
     rows = [e for e in summary["sweep"] if e["alpha"] == alpha]
     lines += ["", f"### alpha = {alpha}, gamma = {cfg['sweep_gamma']} "
-              f"(mean loss: gamma = {cfg['sweep_gamma'] * cfg['n']:g}); GD "
+              f"(paper's units: {cfg['sweep_gamma'] * scale:g}); GD "
               f"test error {_pm(rows[0]['gd_test_error'])}", "",
-              "| method | eps (sum) | eps (mean loss) | conv. | test error | "
+              "| method | eps (sum) | eps (paper) | conv. | test error | "
               "test / GD | ||beta||_1 | err. first order | err. exact | "
               "exponent on support | off support |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(rows, key=lambda e: (METHODS.index(e["method"]),
                                          abs(e["eps_signed"]))):
       lines.append(
-          f"| {LABEL[e['method']]} | {e['eps_signed']:g} | "
-          f"{e['eps_mean_loss']:g} | {e['converged']}/{e['seeds']} | "
+          f"| {_label(e['method'])} | {e['eps_signed']:g} | "
+          f"{e['eps_paper']:g} | {e['converged']}/{e['seeds']} | "
           f"{_pm(e['test_error'])} | {_pm(e['ratio_to_gd'])} | "
           f"{_pm(e['l1'])} | {_pm(e['rel_err_first_order'], '.1e')} | "
           f"{_pm(e['rel_err_exact'], '.1e')} | "
@@ -411,51 +442,44 @@ def tables(summary: dict[str, Any], cfg: dict[str, Any],
                        f"{_pm(e['ratio_to_gd'], '.2f')}")
         if method == "double_backprop":
           cells = cells * len(cfg["grid_eps"])
-        lines.append(f"| {LABEL[method]} | {gamma:g} | "
+        lines.append(f"| {_label(method)} | {gamma:g} | "
                      + " | ".join(cells) + " |")
     totals = []
     for method in METHODS:
       rows = [e for e in summary["grid"] if e["step_fraction"] == frac
               and e["method"] == method]
-      totals.append(f"{LABEL[method]} {sum(e['diverged'] for e in rows)} of "
+      totals.append(f"{_label(method)} {sum(e['diverged'] for e in rows)} of "
                     f"{sum(e['seeds'] for e in rows)} runs in "
                     f"{sum(e['diverged'] > 0 for e in rows)} of {len(rows)} "
                     f"settings")
     lines += ["", "Diverged: " + "; ".join(totals) + ".", ""]
   exact = [e["rel_err_exact"]["mean"] for e in summary["sweep"]
            if e["rel_err_exact"]["mean"] is not None]
-  errs = [r["rel_err_exact"] for r in runs_sweep
-          if r["rel_err_exact"] is not None]
-  errs_first = [r["rel_err_first_order"] for r in runs_sweep
-                if r["rel_err_first_order"] is not None]
+  runs = summary["runs"]
   worst = max((r for r in summary["sweep"]),
               key=lambda e: e["rel_err_exact"]["mean"] or 0.0)
   lines.append(
       f"Exact prediction, relative error to the trained beta: mean over "
       f"seeds at most {max(exact):.1e}"
-      f" (alpha {worst['alpha']}, {LABEL[worst['method']]}, eps "
+      f" (alpha {worst['alpha']}, {_label(worst['method'])}, eps "
       f"{worst['eps_signed']:g}); largest single run "
-      f"{max(errs):.1e}; below 2% in {sum(e < 0.02 for e in errs)} of "
-      f"{len(errs)} converged runs (first order: "
-      f"{sum(e < 0.02 for e in errs_first)}).")
+      f"{runs['rel_err_exact_max']:.1e}; below 2% in "
+      f"{runs['rel_err_exact_below_2_percent']} of {runs['converged']} "
+      f"converged runs (first order: "
+      f"{runs['rel_err_first_order_below_2_percent']}).")
   agree = sum((e["exponent_support"]["mean"] < 0)
               == (e["ratio_to_gd"]["mean"] < 1) for e in summary["sweep"]
               if e["ratio_to_gd"]["mean"] is not None)
-  conv = [r for r in runs_sweep if r["converged"]]
-  agree_runs = sum((r["exponent_support"] < 0)
-                   == (r["test_error"] < r["gd_test_error"]) for r in conv)
   lines.append(
       f"Exponent on the support < 0 exactly where test error < GD: in "
       f"{agree} of {len(summary['sweep'])} settings (seed means), "
-      f"{agree_runs} of {len(conv)} converged runs.")
-  pairs = [(f, b) for f in conv if f["method"] == "forward"
-           for b in conv if b["method"] == "backward"
-           and (b["seed"], b["alpha"], -b["eps_signed"])
-           == (f["seed"], f["alpha"], f["eps_signed"])]
+      f"{runs['exponent_sign_agrees']} of {runs['converged']} converged "
+      f"runs.")
   lines.append(
-      f"B-GR below F-GR in test error in "
-      f"{sum(b['test_error'] < f['test_error'] for f, b in pairs)} of "
-      f"{len(pairs)} (seed, alpha, eps) where both converged.")
+      f"{_label('backward')} below {_label('forward')} in test error in "
+      f"{runs['backward_below_forward']} of "
+      f"{runs['forward_backward_pairs']} (seed, alpha, eps) where both "
+      f"converged.")
   return "\n".join(lines)
 
 
@@ -471,10 +495,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _main(argv):
   p = _cli.parser(MODULE, __doc__.splitlines()[0])
-  p.add_argument("--out", default="docs/results",
-                 help="folder for the result files")
+  p.add_argument("--out", default="docs/results", output=_cli.Output("folder"),
+                 help="folder for the result files (NAME.json: the "
+                 "summaries over seeds; NAME.md: the tables)")
   p.add_argument("--figures", default="docs/figures",
-                 help="folder for the figures")
+                 output=_cli.Output("folder", "optional"),
+                 help="folder for the figures (with Matplotlib)")
+  p.add_argument("--runs", default=None, output=_cli.Output("file"),
+                 help="also write every run's record to this JSON file")
   p.add_argument("--quick", action="store_true", help="a tiny run")
   p.add_argument("--seeds", type=_cli.number(int, 0), nargs="+",
                  default=None,
@@ -487,18 +515,21 @@ def _main(argv):
   t0 = time.time()
   res = run(cfg, log=lambda s: print(s, flush=True))
   summary = summarize(res, cfg)
+  scale = f"{dln.paper_scale(cfg['n'])}"
   result = dict(command=_report.command_line(MODULE, argv), config=cfg,
                 tol=TOL, loss="sum", seeds_completed=list(cfg["seeds"]),
-                units=dict(
-                    eps_mean_loss="N * eps", gamma_mean_loss="N * gamma",
-                    lr_mean_loss="N * lr", N=cfg["n"]),
-                summary=summary, runs=res,
-                seconds=round(time.time() - t0, 1))
-  text = (tables(summary, cfg, res["sweep"])
-          + f"\n\nTotal {result['seconds']:.0f} s.")
+                units=dict(eps_paper=f"4N * eps = {scale} * eps",
+                           gamma_paper=f"4N * gamma = {scale} * gamma",
+                           lr_paper=f"4N * lr = {scale} * lr", N=cfg["n"]),
+                summary=summary, seconds=round(time.time() - t0, 1))
+  text = tables(summary, cfg) + f"\n\nTotal {result['seconds']:.0f} s."
   print(text)
-  _report.save(os.path.join(args.out, name), result, text)
-  plot(result, args.figures, name)
+  # Six significant digits: the tables print at most four.
+  _report.save(os.path.join(args.out, name), result, text, digits=6)
+  if args.runs:
+    _report.write_json(args.runs, dict(command=result["command"], runs=res))
+  if _cli.importable("matplotlib"):
+    plot(result, args.figures, name)
   return result
 
 
@@ -557,12 +588,12 @@ def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
       for method, c in (("forward", "C0"), ("backward", "C3")):
         rows = sweep(alpha, method)
         eps = [abs(e["eps_signed"]) for e in rows]
-        _band(ax, eps, rows, key, f"{LABEL[method]} trained", c)
+        _band(ax, eps, rows, key, f"{_label(method)} trained", c)
         if key == "ratio_to_gd":
           uni = [dict(u=dict(mean=None if e["uniform_test_error"]["mean"] is
                              None else e["uniform_test_error"]["mean"]
                              / gd["mean"], std=None)) for e in rows]
-          _band(ax, eps, uni, "u", f"{LABEL[method]} scalar-alpha theory",
+          _band(ax, eps, uni, "u", f"{_label(method)} scalar-alpha theory",
                 c, "--")
       m, s = db[key]["mean"], db[key]["std"] or 0.0
       ax.axhspan(m - s, m + s, color="C2", alpha=0.25)
@@ -570,11 +601,10 @@ def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
       if key == "ratio_to_gd":
         ax.axhline(1.0, color="k", lw=1, label="GD")
       else:
-        gd_l1 = [r["l1"] for r in result["runs"]["gd"] if r["alpha"] == alpha
-                 and r["step_fraction"] == cfg["step_fraction"]]
-        ax.axhline(np.mean(gd_l1), color="k", lw=1)
+        ax.axhline(db["gd_l1"]["mean"], color="k", lw=1)
       ax.set_xscale("log")
-      ax.set_xlabel(f"|eps| (sum loss; x{cfg['n']} for the mean loss)")
+      ax.set_xlabel(f"|eps| (sum loss; x{dln.paper_scale(cfg['n'])} in the "
+                    "paper's units)")
       ax.set_title(f"alpha={alpha}, gamma={cfg['sweep_gamma']}: "
                    f"{'test error / GD' if key == 'ratio_to_gd' else key}",
                    fontsize=9)
@@ -591,12 +621,12 @@ def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
     for method, c in (("forward", "C0"), ("backward", "C3")):
       rows = sweep(alpha, method)
       eps = [abs(e["eps_signed"]) for e in rows]
-      _band(ax, eps, rows, "exponent_support", f"{LABEL[method]} on support",
+      _band(ax, eps, rows, "exponent_support", f"{_label(method)} on support",
             c, "o-")
       _band(ax, eps, rows, "exponent_off_support",
-            f"{LABEL[method]} off support", c, "s:")
+            f"{_label(method)} off support", c, "s:")
       _band(ax, eps, rows, "first_order_exponent_support",
-            f"{LABEL[method]} first order, on", c, "--")
+            f"{_label(method)} first order, on", c, "--")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=0.01)
@@ -606,9 +636,9 @@ def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
     for method, c in (("forward", "C0"), ("backward", "C3")):
       rows = sweep(alpha, method)
       eps = [abs(e["eps_signed"]) for e in rows]
-      _band(ax, eps, rows, "rel_err_exact", f"{LABEL[method]} exact", c, "o-")
+      _band(ax, eps, rows, "rel_err_exact", f"{_label(method)} exact", c, "o-")
       _band(ax, eps, rows, "rel_err_first_order",
-            f"{LABEL[method]} first order", c, "x--")
+            f"{_label(method)} first order", c, "x--")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("|eps|")
@@ -643,7 +673,7 @@ def plot(result: dict[str, Any], fig_dir: str, name: str) -> None:
     ax.set_yticks(range(len(gam)), [f"{g:g}" for g in gam], fontsize=7)
     ax.set_xlabel("|eps|" if method != "double_backprop" else "")
     ax.set_ylabel("gamma")
-    ax.set_title(f"{LABEL[method]}, h = {frac} x 2/lam", fontsize=8)
+    ax.set_title(f"{_label(method)}, h = {frac} x 2/lam", fontsize=8)
     return im
 
   def ratio(entry, fmt):

@@ -2,8 +2,8 @@
 
 A 64-32-10 tanh MLP (:func:`models.tanh_mlp`) trained on the digits split of
 :func:`data.load_digits` with minibatch SGD (batch 64, momentum 0.9) for a
-fixed number of steps, plain and with ``gradient_regularization`` (F-GR) or
-``sam`` chained before ``optax.sgd``; then the measures of
+fixed number of steps, plain and with F-GR (``gro.METHODS["forward"]``) or
+SAM (``gro.METHODS["sam"]``) chained before ``optax.sgd``; then the measures of
 :mod:`gradreg_optax.flatness` on the full training set, over several seeds.
 
 Run: ``python -m gradreg_optax.experiments.flatness_digits --out
@@ -30,12 +30,10 @@ from gradreg_optax.experiments import models
 
 MODULE = "gradreg_optax.experiments.flatness_digits"
 LOSS = models.tanh_mlp_loss
-HYPER = {"f-gr": {"gamma": 0.05, "eps": 0.1}, "sam": {"rho": 0.05}}
-METHODS = {
-    "sgd": optax.identity,
-    "f-gr": lambda: gro.gradient_regularization(LOSS, **HYPER["f-gr"]),
-    "sam": lambda: gro.sam(LOSS, **HYPER["sam"]),
-}
+# Names of gro.METHODS and their hyperparameters.
+HYPER = {"sgd": {}, "forward": {"gamma": 0.05, "eps": 0.1},
+         "sam": {"rho": 0.05}}
+METHODS = tuple(HYPER)
 MEASURES = ("train_loss", "test_loss", "test_acc", "top_eigenvalue", "trace",
             "grad_norm_sq", "noise_increase")
 
@@ -50,7 +48,8 @@ def digits() -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
 def train(method: str, seed: int, steps: int, train_set: Any, *,
           lr: float = 0.1, batch_size: int = 64) -> Any:
   params = models.tanh_mlp_init(jax.random.key(seed))
-  tx = optax.chain(METHODS[method](), optax.sgd(lr, momentum=0.9))
+  regularizer, loss_fn = gro.METHODS[method](LOSS, **HYPER[method])
+  tx = optax.chain(regularizer, optax.sgd(lr, momentum=0.9))
   n = train_set[0].shape[0]
 
   @jax.jit
@@ -58,7 +57,7 @@ def train(method: str, seed: int, steps: int, train_set: Any, *,
     params, state = carry
     idx = jax.random.choice(key, n, (batch_size,), replace=False)
     batch = (train_set[0][idx], train_set[1][idx])
-    grads = jax.grad(LOSS)(params, batch)
+    grads = jax.grad(loss_fn)(params, batch)
     updates, state = tx.update(grads, state, params, batch=batch)
     return (optax.apply_updates(params, updates), state), None
 
@@ -123,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--quick", action="store_true",
                  help="one seed, 50 steps (a smoke test)")
   args = p.parse_args(argv)
+  _cli.require(p, "sklearn", "scikit-learn", "the digits data set")
   seeds, steps = ([0], 50) if args.quick else (list(range(args.seeds)),
                                                args.steps)
   t0 = time.perf_counter()

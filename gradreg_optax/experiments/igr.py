@@ -450,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   p.add_argument("--quick", action="store_true",
                  help="two rates, one strength, short training (a test)")
   args = p.parse_args(argv)
+  _cli.require(p, "sklearn", "scikit-learn", "the digits data set")
   setting = dict(QUICK if args.quick else FULL)
   if args.seeds is not None:
     setting["seeds"] = args.seeds
@@ -488,7 +489,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"Hessian eigenvalue there {fl['start_top_eigenvalue']:.4f}), time "
       f"{fl['total_time']:g}, float64:\n\n" + two_param_table(fl)
       + f"\n\ntotal {result['wall_s']:.0f} s")
-  _report.publish(result, text, args.out, args.figure, plot)
+  # Six significant digits: the digits runs are float32 and the tables print
+  # at most four.
+  _report.publish(result, text, args.out, args.figure, plot, digits=6)
   return result
 
 

@@ -16,10 +16,9 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,30 +34,48 @@ from gradreg_optax.experiments import models
 METHODS = tuple(gro.METHODS)
 MODELS = ("mlp", "cnn", "resnet18")
 DATASETS = ("digits", "cifar10", "synthetic")
-# The registry's name of each hyperparameter -> the Config field holding it.
-HYPERPARAMETER_FIELDS = {"gamma": "gamma", "eps": "eps", "rho": "rho",
-                         "adaptive_eta": "adaptive_eta", "alpha": "alpha",
-                         "r": "r", "b": "flood"}
+
+
+def hyperparameter_users(
+    methods: Mapping[str, gro.Method] = gro.METHODS
+) -> dict[str, tuple[tuple[str, gro.Hyperparameter], ...]]:
+  """Each hyperparameter name of ``methods`` -> ``(method, Hyperparameter)``.
+
+  One name serves every method that has it (``rho`` of SAM and of ASAM),
+  whatever its domain, default and help in each.
+
+  Example:
+    >>> [m for m, _ in hyperparameter_users()["eps"]]
+    ['forward', 'backward', 'central']
+  """
+  users: dict[str, list[tuple[str, gro.Hyperparameter]]] = {}
+  for method in methods.values():
+    for name, h in method.hyperparameters.items():
+      users.setdefault(name, []).append((method.name, h))
+  return {name: tuple(u) for name, u in users.items()}
+
+
+HYPERPARAMETERS = hyperparameter_users()
+# The Config field of each hyperparameter: its own name. (Kept for the
+# scripts that map a hyperparameter to its field.)
+HYPERPARAMETER_FIELDS = {name: name for name in HYPERPARAMETERS}
 
 
 @dataclasses.dataclass
-class Config:
-  """Everything a run depends on; ``train(Config(...))`` is reproducible."""
+class _Settings:
+  """Everything a run depends on; ``train(Config(...))`` is reproducible.
+
+  Besides the fields below, one field per hyperparameter of
+  ``gro.METHODS`` (:data:`HYPERPARAMETERS`: ``gamma``, ``eps``, ``rho``,
+  ...), read by the methods that have it; ``None`` takes the method's
+  default.
+  """
   method: str = "sgd"
   dataset: str = "digits"
   data_dir: str | None = None
   model: str = "mlp"
   width: int | None = None  # MLP width / ResNet base width (DEFAULT_WIDTH)
   depth: int = 3            # MLP depth (number of dense layers)
-  # Method hyperparameters, each read by the methods that have it; None
-  # takes the method's default in gro.METHODS.
-  gamma: float | None = None
-  eps: float | None = None
-  rho: float | None = None
-  adaptive_eta: float | None = None
-  alpha: float | None = None
-  r: float | None = None
-  flood: float | None = None  # flooding level b
   every_k: int = 1          # recompute the correction every k steps
   # Optimization.
   epochs: int = 30
@@ -79,6 +96,22 @@ class Config:
   out_dir: str | None = None
 
 
+def _config_class() -> type:
+  clash = sorted(set(HYPERPARAMETERS)
+                 & {f.name for f in dataclasses.fields(_Settings)})
+  if clash:
+    raise TypeError(f"Hyperparameters {clash} of gradreg_optax.METHODS have "
+                    "the names of training settings of train.Config.")
+  return dataclasses.make_dataclass(
+      "Config", [(name, Optional[float], dataclasses.field(default=None))
+                 for name in HYPERPARAMETERS],
+      bases=(_Settings,),
+      namespace={"__doc__": _Settings.__doc__, "__module__": __name__})
+
+
+Config = _config_class()
+
+
 def _method(name: str) -> gro.Method:
   if name not in gro.METHODS:
     raise ValueError(f"Unknown method {name!r}; expected one of {METHODS}.")
@@ -88,13 +121,11 @@ def _method(name: str) -> gro.Method:
 def hyperparameters(config: Config) -> dict[str, Any]:
   """The method's hyperparameters: the config's values, else the defaults.
 
-  Keyed by the registry's names (``b`` for ``flood``), with ``every_k`` where
-  it is not 1.
+  Keyed by the registry's names, with ``every_k`` where it is not 1.
   """
-  method = _method(config.method)
   values = {}
-  for name, default in method.defaults.items():
-    value = getattr(config, HYPERPARAMETER_FIELDS[name])
+  for name, default in _method(config.method).defaults.items():
+    value = getattr(config, name)
     values[name] = default if value is None else value
   if config.every_k != 1:
     values["every_k"] = config.every_k
@@ -103,9 +134,9 @@ def hyperparameters(config: Config) -> dict[str, Any]:
 
 def unused_options(config: Config) -> list[str]:
   """The config's hyperparameters that its method does not read."""
-  used = {HYPERPARAMETER_FIELDS[n] for n in _method(config.method).defaults}
-  return [f for f in HYPERPARAMETER_FIELDS.values()
-          if getattr(config, f) is not None and f not in used]
+  used = _method(config.method).hyperparameters
+  return [name for name in HYPERPARAMETERS
+          if getattr(config, name) is not None and name not in used]
 
 
 def make_method(name: str, loss_fn: Callable[..., Any], config: Config, *,
@@ -361,7 +392,8 @@ def describe(config: Config, data: data_lib.Dataset) -> str:
           f"{data.name} ({kind}{len(data.x_train)} train, {len(data.x_test)} "
           f"test) | SGD momentum {config.momentum}, {config.schedule} lr "
           f"{config.learning_rate:g}, batch {config.batch_size}, "
-          f"{config.epochs} epochs | {jax.devices()[0].device_kind}")
+          f"{_cli.plural(config.epochs, 'epoch')} | "
+          f"{jax.devices()[0].device_kind}")
 
 
 METRICS_LOGGED = ("grad_norm", "sharpness", "penalty")
@@ -389,6 +421,9 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
     (:func:`gradreg_optax.cost.count_matmuls`). With ``return_state``, the
     pair ``(results, state)``.
   """
+  problem = config.out_dir and _cli.output_problem(config.out_dir, "folder")
+  if problem:  # before the run, not after it
+    raise ValueError(f"train: `out_dir` {problem}.")
   data = dataset if dataset is not None else load_data(config)
   if not config.quiet:
     print(describe(config, data), flush=True)
@@ -468,7 +503,8 @@ def train(config: Config, dataset: data_lib.Dataset | None = None, *,
 
 
 def save_results(results: dict[str, Any], out_dir: str) -> None:
-  """Writes ``results.json`` and ``curves.png`` (if matplotlib is there)."""
+  """Writes ``results.json``, and ``curves.png`` where Matplotlib is installed
+  (the command line warns before training where it is not)."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -502,13 +538,6 @@ _HELP = {
     "data_dir": "directory of CIFAR-10's data_batch_* and test_batch files",
     "model": "the classifier",
     "depth": "MLP depth (dense layers)",
-    "gamma": "GR strength",
-    "eps": "finite-difference step",
-    "rho": "radius",
-    "adaptive_eta": "ASAM's eta",
-    "alpha": "norm penalty mix",
-    "r": "norm penalty radius",
-    "flood": "flooding level b",
     "every_k": "recompute the correction every k steps (gro.amortized)",
     "epochs": "epochs",
     "batch_size": "batch size",
@@ -523,7 +552,8 @@ _HELP = {
     "seed": "seed of initialization, data order and augmentation",
     "quiet": "print only the result",
     "measure_cost": "count the matmuls of the compiled step",
-    "out_dir": "write results.json and curves.png here",
+    "out_dir": "write results.json here, and curves.png where Matplotlib "
+               "is installed",
 }
 _TYPES = {"depth": _cli.POSITIVE_INT, "every_k": _cli.POSITIVE_INT,
           "epochs": _cli.POSITIVE_INT, "batch_size": _cli.POSITIVE_INT,
@@ -531,43 +561,83 @@ _TYPES = {"depth": _cli.POSITIVE_INT, "every_k": _cli.POSITIVE_INT,
           "num_test": _cli.POSITIVE_INT, "image_size": _cli.number(int, 8),
           "seed": _cli.number(int, 0), "learning_rate": _cli.POSITIVE,
           "momentum": _cli.number(float, 0), "weight_decay": _cli.NONNEGATIVE,
-          "data_dir": str, "out_dir": str,
-          **{f: _cli.NONNEGATIVE for f in HYPERPARAMETER_FIELDS.values()},
-          "eps": _cli.POSITIVE}
+          "data_dir": str, "out_dir": str}
 
 
-_REGISTRY_NAME = {f: n for n, f in HYPERPARAMETER_FIELDS.items()}
+def _in_words(h: gro.Hyperparameter) -> str:
+  """``"a number >= 0"``, ``"a number in [0, 1)"``, ``"a finite number"``."""
+  words = h.describe()
+  return words if words.startswith("a ") else "a number " + words
 
 
-def _defaults_in_registry(name: str) -> str:
-  """`` (default: sam 0.05, asam 0.5)``: who reads ``name`` and its value."""
-  users = {m.name: m.defaults[name] for m in gro.METHODS.values()
-           if name in m.defaults}
-  if len(set(users.values())) == 1:
-    return (f" ({', '.join(users)}; default: "
-            f"{next(iter(users.values())):g})")
-  return " (default: " + ", ".join(f"{m} {v:g}" for m, v in users.items()) + ")"
+def _expected(hs: Sequence[gro.Hyperparameter]) -> str:
+  return " or ".join(dict.fromkeys(_in_words(h) for h in hs))
+
+
+def hyperparameter_type(name: str) -> Callable[[str], float]:
+  """The argparse ``type`` of ``--name``: a number in the domain of at least
+  one method that has ``name`` (:func:`check` then holds it to the chosen
+  method's)."""
+  hs = [h for _, h in HYPERPARAMETERS[name]]
+
+  def convert(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = None
+    if value is None or not any(h.contains(value) for h in hs):
+      raise argparse.ArgumentTypeError(
+          f"expected {_expected(hs)}, got {text!r}")
+    return value
+
+  convert.__name__ = "float"  # argparse names the type in its errors
+  return convert
+
+
+def hyperparameter_help(name: str) -> str:
+  """What ``--name`` does, its domain and default, for each method that has
+  it, from the registry."""
+  groups: dict[tuple[str, str], dict[str, float]] = {}
+  for method, h in HYPERPARAMETERS[name]:
+    groups.setdefault((h.help, _in_words(h)), {})[method] = h.default
+  parts = []
+  for (help_, words), defaults in groups.items():
+    if len(set(defaults.values())) == 1:
+      default = (f"{', '.join(defaults)}; default: "
+                 f"{next(iter(defaults.values())):g}")
+    else:
+      default = "default: " + ", ".join(f"{m} {v:g}"
+                                        for m, v in defaults.items())
+    parts.append(f"{help_ or name}, {words} ({default})")
+  return "; ".join(parts).replace("%", "%%")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,
                          skip: Sequence[str] = ()) -> None:
-  """Adds one ``--flag`` per :class:`Config` field (shared by the scripts)."""
+  """Adds one ``--flag`` per :class:`Config` field (shared by the scripts).
+
+  Every hyperparameter of ``gro.METHODS`` is a flag, with the registry's
+  help, default and domain (:func:`hyperparameter_type`).
+  """
   defaults = Config()
+  hyper = parser.add_argument_group(
+      "hyperparameters of the methods (gro.METHODS; each read by the methods "
+      "that have it)")
   for field in dataclasses.fields(Config):
     if field.name in skip:
       continue
     flag = "--" + field.name.replace("_", "-")
     default = getattr(defaults, field.name)
-    help_ = _HELP.get(field.name)
-    if field.name in _REGISTRY_NAME:
-      help_ += _defaults_in_registry(_REGISTRY_NAME[field.name])
-    if field.name == "augment":
+    if field.name in HYPERPARAMETERS:
+      hyper.add_argument(flag, type=hyperparameter_type(field.name),
+                         default=None, help=hyperparameter_help(field.name))
+    elif field.name == "augment":
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                           default=None, help="CIFAR augmentation "
                           "(default: on for 32x32 images only)")
     elif isinstance(default, bool):
       parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                          default=default, help=help_)
+                          default=default, help=_HELP[field.name])
     elif field.name == "width":
       parser.add_argument(flag, type=_cli.POSITIVE_INT, default=None, help=(
           "MLP width / ResNet-18 base width (default: " + ", ".join(
@@ -576,7 +646,8 @@ def add_config_arguments(parser: argparse.ArgumentParser,
       choices = {"method": METHODS, "model": MODELS, "dataset": DATASETS,
                  "schedule": ("cosine", "constant")}.get(field.name)
       parser.add_argument(flag, type=_TYPES.get(field.name, type(default)),
-                          default=default, choices=choices, help=help_)
+                          default=default, choices=choices,
+                          help=_HELP[field.name])
 
 
 def config_from_args(parser: argparse.ArgumentParser,
@@ -592,26 +663,29 @@ def check(parser: argparse.ArgumentParser, config: Config,
           prefix: str = "") -> Config:
   """Checks a config as a whole; returns it.
 
-  A value the library rejects or a data directory that does not exist ends
-  the program through ``parser.error`` (one line, exit status 2); an option
-  the method does not use is warned about. ``prefix`` starts each message
-  (e.g. which entry of a list is meant).
+  A hyperparameter outside its method's domain (``gro.METHODS``), an
+  ``every_k`` for a method without a correction, a missing data directory
+  or a missing ``examples`` extra ends the program through ``parser.error``
+  (one line, exit status 2); an option the method does not use is warned
+  about. ``prefix`` starts each message (e.g. which entry of a list is
+  meant).
   """
-  for field in unused_options(config):
-    _cli.warn(f"{prefix}--{field.replace('_', '-')} is not used by method "
+  method = _method(config.method)
+  for name in unused_options(config):
+    _cli.warn(f"{prefix}--{name.replace('_', '-')} is not used by method "
               f"{config.method!r}")
-  if config.every_k != 1 and not _method(config.method).transforms:
+  if config.every_k != 1 and not method.transforms:
     parser.error(f"{prefix}argument --every-k: method {config.method!r} has "
                  "no correction to amortize; expected 1")
-  try:  # the library's own checks, reported against the option
-    make_method(config.method, lambda p, b: 0.0, config)
-  except (TypeError, ValueError) as e:
-    found = re.search(r"`(\w+)` (.*)", str(e))
-    if not found:
-      parser.error(prefix + str(e))
-    flag = HYPERPARAMETER_FIELDS.get(found[1], found[1]).replace("_", "-")
-    parser.error(f"{prefix}argument --{flag}: {found[2].rstrip('.')}")
-  if config.dataset == "cifar10":
+  for name, h in method.hyperparameters.items():
+    value = getattr(config, name)
+    if value is not None and not h.contains(float(value)):
+      parser.error(f"{prefix}argument --{name.replace('_', '-')}: expected "
+                   f"{_in_words(h)} for method {config.method!r}, got "
+                   f"{value:g}")
+  if config.dataset == "digits":
+    _cli.require(parser, "sklearn", "scikit-learn", "--dataset digits")
+  elif config.dataset == "cifar10":
     if not config.data_dir:
       parser.error("argument --data-dir: --dataset cifar10 needs the "
                    "directory of CIFAR-10's Python files (nothing is "
@@ -619,7 +693,7 @@ def check(parser: argparse.ArgumentParser, config: Config,
     if not os.path.isdir(config.data_dir):
       parser.error(f"argument --data-dir: no such directory: "
                    f"{config.data_dir!r}")
-  elif config.data_dir:
+  if config.data_dir and config.dataset != "cifar10":
     _cli.warn(f"--data-dir is not used by --dataset {config.dataset}")
   return config
 

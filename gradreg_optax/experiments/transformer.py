@@ -288,6 +288,12 @@ def parse_method(spec: str) -> MethodSpec:
       hyper[key] = float(value)
     except ValueError:
       raise ValueError(f"{spec!r}: {key}={value!r} is not a number") from None
+    h = gro.METHODS[name].hyperparameters[key]
+    if not h.contains(hyper[key]):
+      words = h.describe()
+      raise ValueError(f"{spec!r}: expected {key} "
+                       f"{'to be ' * words.startswith('a ')}{words}, got "
+                       f"{value}")
   return MethodSpec(name, hyper)
 
 
