@@ -16,7 +16,7 @@ from sphinx.util.docutils import SphinxDirective
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__),
                                                 os.pardir)))
-import gradreg_optax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import gradreg_optax  # pylint: disable=wrong-import-position
 
 project = "gradreg-optax"
 release = version = gradreg_optax.__version__
@@ -45,14 +45,17 @@ napoleon_use_ivar = True  # NamedTuple fields are listed, not repeated
 suppress_warnings = ["myst.header"]
 
 
-def _defining_module(name: str) -> str:
-  """The submodule of gradreg_optax that assigns the public data `name`."""
+def _data_doc(name: str) -> list[str]:
+  """The docstring under the assignment of the public data ``name``."""
   target = getattr(gradreg_optax, name)
-  for module in list(sys.modules.values()):
-    if (getattr(module, "__name__", "").startswith("gradreg_optax.")
-        and getattr(module, name, None) is target):
-      return module.__name__
-  raise ValueError(f"gradreg_optax.{name}: no module defines it")
+  for module in sorted(m for m in sys.modules
+                       if m.startswith("gradreg_optax.")):
+    if getattr(sys.modules[module], name, None) is target:
+      doc = ModuleAnalyzer.for_module(module).find_attr_docs().get(("", name))
+      if doc:
+        return list(doc)
+  raise ValueError(f"gradreg_optax.{name} has no docstring under its "
+                   "assignment")
 
 
 def api_entries(names) -> list[str]:
@@ -61,19 +64,17 @@ def api_entries(names) -> list[str]:
   for name in names:
     obj = getattr(gradreg_optax, name)
     if inspect.ismodule(obj):
-      lines += [f".. automodule:: {obj.__name__}", "   :members:", ""]
+      lines += [f".. automodule:: {obj.__name__}", "   :members:"]
     elif inspect.isclass(obj):
-      lines += [f".. autoclass:: gradreg_optax.{name}", "   :members:",
-                "   :exclude-members: " + ", ".join(getattr(obj, "_fields",
-                                                            ("",))), ""]
+      lines += [f".. autoclass:: gradreg_optax.{name}", "   :members:"]
+      if hasattr(obj, "_fields"):  # a NamedTuple: its docstring lists them
+        lines += ["   :exclude-members: " + ", ".join(obj._fields)]
     elif callable(obj):
-      lines += [f".. autofunction:: gradreg_optax.{name}", ""]
+      lines += [f".. autofunction:: gradreg_optax.{name}"]
     else:
-      module = _defining_module(name)
-      docs = ModuleAnalyzer.for_module(module).find_attr_docs()
       lines += [f".. py:data:: {name}", ""]
-      lines += ["   " + line for line in docs.get(("", name), [])]
-      lines += [""]
+      lines += ["   " + line for line in _data_doc(name)]
+    lines += [""]
   return lines
 
 

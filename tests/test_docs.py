@@ -1,4 +1,4 @@
-"""Runs every ```python block of README.md and docs/*.md as it is written.
+"""Runs every ```python block of README.md and docs/ as it is written.
 
 Each block is a complete program: it runs in a fresh interpreter, in an
 empty temporary directory, with this checkout's package first on the path.
@@ -64,8 +64,10 @@ def python_blocks(path: str) -> list[Block]:
 
 def _markdown_files() -> list[str]:
   """README.md and every page under docs/ (its subfolders included)."""
+  pages = glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+  built = os.path.join(ROOT, "docs", "_build") + os.sep
   return [os.path.join(ROOT, "README.md")] + sorted(
-      glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
+      p for p in pages if not p.startswith(built))
 
 
 BLOCKS = [b for p in _markdown_files() for b in python_blocks(p)]
