@@ -37,15 +37,15 @@ def gradient_regularization(
   ``g + gamma * v`` where ``v`` approximates or equals the Hessian-vector
   product ``H g``:
 
-  =====================  =======================================================  =====
-  ``method``             ``v``                                                    grads
-  =====================  =======================================================  =====
-  ``"forward"``          F-GR: ``(grad L(theta + eps g) - g) / eps``              2
-  ``"backward"``         B-GR: ``(g - grad L(theta - eps g)) / eps``              2
-  ``"central"``          ``(grad L(theta+eps g) - grad L(theta-eps g))/(2eps)``   3
-  ``"double_backprop"``  exact, reverse over reverse: ``grad <grad L, g>``        ~3
-  ``"jvp"``              exact, forward over reverse: ``jvp(grad L, g)``          ~3
-  =====================  =======================================================  =====
+  =====================  =====================================================  =====
+  ``method``             ``v``                                                  grads
+  =====================  =====================================================  =====
+  ``"forward"``          F-GR: ``(grad L(theta + eps g) - g) / eps``            2
+  ``"backward"``         B-GR: ``(g - grad L(theta - eps g)) / eps``            2
+  ``"central"``          ``(grad L(theta+eps g)-grad L(theta-eps g))/(2eps)``   3
+  ``"double_backprop"``  exact, reverse over reverse: ``grad <grad L, g>``      ~3
+  ``"jvp"``              exact, forward over reverse: ``jvp(grad L, g)``        ~3
+  =====================  =====================================================  =====
 
   ("grads" counts gradient evaluations per step, the caller's own included.)
   F-GR and B-GR are O(eps) from ``H g``, the central difference O(eps^2). The
