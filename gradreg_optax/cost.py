@@ -80,7 +80,8 @@ def step_cost(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> StepCost:
   Args:
     fn: a function, jitted or not (a plain function is wrapped in
       ``jax.jit``; static arguments need a jitted ``fn``).
-    *args, **kwargs: example arguments (arrays or ``jax.ShapeDtypeStruct``).
+    *args: example arguments (arrays or ``jax.ShapeDtypeStruct``).
+    **kwargs: example keyword arguments, likewise.
 
   Returns:
     A :class:`StepCost`.

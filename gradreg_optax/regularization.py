@@ -42,7 +42,7 @@ def gradient_regularization(
   =====================  =====================================================  =====
   ``"forward"``          F-GR: ``(grad L(theta + eps g) - g) / eps``            2
   ``"backward"``         B-GR: ``(g - grad L(theta - eps g)) / eps``            2
-  ``"central"``          ``(grad L(theta+eps g) - grad L(theta-eps g))/(2eps)`` 3
+  ``"central"``          ``(grad L(theta+eps g)-grad L(theta-eps g))/(2eps)``   3
   ``"double_backprop"``  exact, reverse over reverse: ``grad <grad L, g>``      ~3
   ``"jvp"``              exact, forward over reverse: ``jvp(grad L, g)``        ~3
   =====================  =====================================================  =====

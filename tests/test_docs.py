@@ -1,4 +1,4 @@
-"""Runs every ```python block of README.md and docs/*.md as it is written.
+"""Runs every ```python block of README.md and docs/ as it is written.
 
 Each block is a complete program: it runs in a fresh interpreter, in an
 empty temporary directory, with this checkout's package first on the path.
@@ -63,8 +63,11 @@ def python_blocks(path: str) -> list[Block]:
 
 
 def _markdown_files() -> list[str]:
+  """README.md and every page under docs/ (its subfolders included)."""
+  pages = glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+  built = os.path.join(ROOT, "docs", "_build") + os.sep
   return [os.path.join(ROOT, "README.md")] + sorted(
-      glob.glob(os.path.join(ROOT, "docs", "*.md")))
+      p for p in pages if not p.startswith(built))
 
 
 BLOCKS = [b for p in _markdown_files() for b in python_blocks(p)]
@@ -101,7 +104,18 @@ def runs(request, tmp_path_factory):
 def test_the_quickstarts_are_found():
   readme = [b for b in BLOCKS if b.path == "README.md"]
   assert len(readme) >= 2
-  assert all("print(" in b.code for b in readme)
+
+
+def test_the_pages_are_searched():
+  paths = {b.path for b in BLOCKS}
+  for page in ("guide", "methods"):
+    assert os.path.join("docs", f"{page}.md") in paths
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.where)
+def test_block_shows_its_result(block):
+  # A reader runs an example to see what it does.
+  assert "print(" in block.code, f"{block.where} prints nothing"
 
 
 def test_blocks_are_extracted_with_their_lines(tmp_path):
