@@ -21,12 +21,10 @@ HYPERPARAMETERS = {
 
 def _step(x: method.StepInput) -> method.StepOutput:
   rho, eta = x.hyperparameters["rho"], x.hyperparameters["eta"]
-  # F^(-1/2) g: its norm is sqrt(g^T F^-1 g), taken without squaring it.
-  root = [g / jnp.sqrt(1 + eta * g * g) for g in x.grad]
-  norm = method.global_norm(root)
+  # sqrt(g^T F^-1 g) as ||F^(-1/2) g||, safe from overflow.
+  norm = method.global_norm([g / jnp.sqrt(1 + eta * g * g) for g in x.grad])
   norm = jnp.where(norm > 0, norm, 1.0)  # g = 0: no displacement, no NaN
-  direction = [r / (jnp.sqrt(1 + eta * g * g) * norm)
-               for r, g in zip(root, x.grad)]
+  direction = [g / ((1 + eta * g * g) * norm) for g in x.grad]
   loss, g_p = method.gradient_at(x, direction, rho)
   return method.StepOutput(g_p, perturbed_loss=loss)
 
