@@ -21,10 +21,13 @@ HYPERPARAMETERS = {
 
 def _step(x: method.StepInput) -> method.StepOutput:
   rho, eta = x.hyperparameters["rho"], x.hyperparameters["eta"]
-  # sqrt(g^T F^-1 g) as ||F^(-1/2) g||, safe from overflow.
-  norm = method.global_norm([g / jnp.sqrt(1 + eta * g * g) for g in x.grad])
+  f = [g / (1 + eta * g * g) for g in x.grad]  # F^-1 g
+  # g^T F^-1 g as <g, F^-1 g>, as the hand-written step takes it: only
+  # F^-1 g is read afterwards, so it takes g's place in memory (an
+  # overflow-safe norm would keep both; see the docstring for the range).
+  norm = jnp.sqrt(method.vdot(x.grad, f))
   norm = jnp.where(norm > 0, norm, 1.0)  # g = 0: no displacement, no NaN
-  direction = [g / ((1 + eta * g * g) * norm) for g in x.grad]
+  direction = [v / norm for v in f]
   loss, g_p = method.gradient_at(x, direction, rho)
   return method.StepOutput(g_p, perturbed_loss=loss)
 
@@ -56,8 +59,13 @@ def fisher_sam(
   over ``epsilon^T F epsilon <= rho^2``, so the ascent is shortened along
   the coordinates of large gradient. ``eta = 0`` is SAM exactly; ``rho = 0``
   gives the incoming gradient bit for bit; a zero gradient is not perturbed
-  (no NaN). One extra gradient evaluation per step; ``g`` is not kept
-  through it.
+  (no NaN). One extra gradient evaluation per step; ``F^-1 g`` takes the
+  place of ``g`` in memory. ``g^T F^-1 g`` is the sum of the products
+  ``g_i^2 / (1 + eta g_i^2)`` in float32 (or wider), each below ``1 / eta``:
+  it overflows only with ``eta = 0`` (use :func:`gradreg_optax.sam`, whose
+  norm is safe from overflow) for gradient entries beyond about ``1e19``,
+  and for a gradient whose entries are all below about ``1e-19`` it is 0
+  and the step is not perturbed.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).
