@@ -195,60 +195,26 @@ HAND_METHODS = LIBRARY_METHODS + ("single_pass",)
 def hand_step(problem: Problem, method: str):
   """The shortest step for ``method`` written directly in JAX.
 
-  The reference the library's steps are measured against: no state, checks,
-  schedules, metrics or exact-limit selects, just the mathematics, with the
-  registry's hyperparameters. ``"double_backprop"`` forms ``grad <grad L,
-  g>`` with the caller's ``g`` held fixed, as the library does;
-  ``"single_pass"`` is classical double backpropagation, the gradient of
+  The reference the library's steps are measured against: the registry's
+  hand-written ``reference`` step (no checks, schedules, metrics or
+  exact-limit selects, just the mathematics, with the registry's
+  hyperparameters), its state (for a method with state) carried beside the
+  optimizer's. ``"double_backprop"`` forms ``grad <grad L, g>`` with the
+  caller's ``g`` held fixed, as the library does; ``"single_pass"`` is
+  classical double backpropagation, the gradient of
   ``L + (gamma/2)||grad L||^2`` in one pass instead of the caller's gradient.
   """
-  tx = optimizer()
-  h = hyper("forward" if method == "single_pass" else method)
+  opt = optimizer()
   loss_only = ((lambda p, b: problem.loss_fn(p, b)[0]) if problem.has_aux
                else problem.loss_fn)
-  sq_norm = lambda t: sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(t))
+  if method == "single_pass":
+    gamma = hyper("forward")["gamma"]
+    sq_norm = lambda t: sum(jnp.sum(jnp.square(a))
+                            for a in jax.tree.leaves(t))
 
-  def regularized(params, batch, g):
-    grad = lambda p: jax.grad(loss_only)(p, batch)
-    if method in ("forward", "backward"):
-      eps = h["eps"] if method == "forward" else -h["eps"]
-      g1 = grad(jax.tree.map(lambda p, v: p + eps * v, params, g))
-      return jax.tree.map(lambda v, v1: v + (h["gamma"] / eps) * (v1 - v),
-                          g, g1)
-    if method == "central":
-      gp = grad(jax.tree.map(lambda p, v: p + h["eps"] * v, params, g))
-      gm = grad(jax.tree.map(lambda p, v: p - h["eps"] * v, params, g))
-      return jax.tree.map(
-          lambda v, a, b: v + h["gamma"] / (2 * h["eps"]) * (a - b), g, gp, gm)
-    if method == "jvp":
-      hg = jax.jvp(grad, (params,), (g,))[1]
-      return jax.tree.map(lambda v, x: v + h["gamma"] * x, g, hg)
-    if method == "double_backprop":
-      inner = lambda p: sum(jnp.sum(a * b) for a, b in zip(
-          jax.tree.leaves(grad(p)), jax.tree.leaves(g)))
-      hg = jax.grad(inner)(params)
-      return jax.tree.map(lambda v, x: v + h["gamma"] * x, g, hg)
-    if method in ("sam", "gradient_norm_penalty"):
-      r = h["rho"] if method == "sam" else h["r"]
-      scale = r / jnp.sqrt(sq_norm(g))
-      g1 = grad(jax.tree.map(lambda p, v: p + scale * v, params, g))
-      if method == "sam":
-        return g1
-      return jax.tree.map(lambda v, v1: (1 - h["alpha"]) * v + h["alpha"] * v1,
-                          g, g1)
-    if method == "asam":
-      t = jax.tree.map(
-          lambda p: jnp.abs(p) + h["adaptive_eta"] if p.ndim > 1
-          else jnp.ones_like(p), params)
-      tg = jax.tree.map(jnp.multiply, t, g)
-      scale = h["rho"] / jnp.sqrt(sq_norm(tg))
-      return grad(jax.tree.map(lambda p, a, b: p + scale * a * b,
-                               params, t, tg))
-    raise ValueError(method)
+    def step(params, opt_state, model_state, x, y):
+      batch = problem.batch(model_state, x, y)
 
-  def step(params, opt_state, model_state, x, y):
-    batch = problem.batch(model_state, x, y)
-    if method == "single_pass":
       def penalized(p):
         if problem.has_aux:
           (loss, new_state), g = jax.value_and_grad(
@@ -256,13 +222,37 @@ def hand_step(problem: Problem, method: str):
         else:
           loss, g = jax.value_and_grad(problem.loss_fn)(p, batch)
           new_state = {}
-        return loss + 0.5 * h["gamma"] * sq_norm(g), (loss, new_state)
+        return loss + 0.5 * gamma * sq_norm(g), (loss, new_state)
+
       u, (loss, new_state) = jax.grad(penalized, has_aux=True)(params)
+      updates, opt_state = opt.update(u, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, new_state, loss
+
+    return opt, step
+
+  spec = gro.METHODS[method]
+  if spec.reference is None:
+    raise ValueError(f"{method!r} has no hand-written reference step")
+  h = hyper(method)
+  stateful = spec.reference_init is not None
+  # Only `init` is used by the callers: the state is the optimizer's and
+  # the reference step's.
+  tx = optax.GradientTransformation(
+      lambda params: (opt.init(params), spec.reference_init(params)
+                      if stateful else None), None)
+
+  def step(params, opt_state, model_state, x, y):
+    batch = problem.batch(model_state, x, y)
+    opt_state, ref_state = opt_state
+    loss, g, new_state = _own_gradient(problem, params, batch)
+    grad = lambda p: jax.grad(loss_only)(p, batch)
+    if stateful:
+      u, ref_state = spec.reference(grad, params, g, ref_state, **h)
     else:
-      loss, g, new_state = _own_gradient(problem, params, batch)
-      u = regularized(params, batch, g)
-    updates, opt_state = tx.update(u, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, new_state, loss
+      u = spec.reference(grad, params, g, **h)
+    updates, opt_state = opt.update(u, opt_state, params)
+    return (optax.apply_updates(params, updates), (opt_state, ref_state),
+            new_state, loss)
 
   return tx, step
 

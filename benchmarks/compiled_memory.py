@@ -11,6 +11,7 @@ recomputing and the reusing program).
 
     python compiled_memory.py                                  # MLP 8x1024, ResNet-18
     python compiled_memory.py --models mlp:8 --out /tmp/m.json
+    python compiled_memory.py --models mlp:8 --methods gsam wsam
 """
 
 from __future__ import annotations
@@ -59,15 +60,18 @@ def temp_mib(problem, tx_and_step) -> float:
   return cost.temp_bytes / 2**20
 
 
-def variants(problem):
-  """(name, hand-written counterpart or None, tx_and_step)."""
+def variants(problem, methods=common.LIBRARY_METHODS):
+  """(name, hand-written counterpart or None, tx_and_step); SAM's settings
+  (Optax's SAM, schedule, injected, amortized) where ``methods`` has SAM."""
   loss = problem.loss_fn
   aux = problem.has_aux
   sam = lambda rho: gro.sam(loss, rho, has_aux=aux)
   out = [("sgd", None, common.library_step(problem, None))]
-  for m in common.LIBRARY_METHODS:
+  for m in methods:
     out.append((f"lib:{m}", f"hand:{m}", common.library_step(problem, m)))
     out.append((f"hand:{m}", None, common.hand_step(problem, m)))
+  if "sam" not in methods:
+    return out
   out += [
       (f"lib:{common.OPTAX_SAM}", "hand:sam",
        common.library_step(problem, common.OPTAX_SAM)),
@@ -91,6 +95,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=["mlp:8", "resnet:32"],
                       help="mlp:<depth> or resnet:<batch>")
+  parser.add_argument("--methods", nargs="+",
+                      default=list(common.LIBRARY_METHODS),
+                      choices=common.LIBRARY_METHODS,
+                      help="methods of gro.METHODS (default: all that "
+                      "transform)")
   parser.add_argument("--width", type=int, default=1024, help="MLP width")
   parser.add_argument("--mlp-batch", type=int, default=256)
   parser.add_argument("--resnet-width", type=int, default=64)
@@ -106,7 +115,7 @@ def main() -> None:
   for spec in args.models:
     problem = problem_for(spec, args)
     rows = {}
-    for name, hand, tx_and_step in variants(problem):
+    for name, hand, tx_and_step in variants(problem, tuple(args.methods)):
       rows[name] = {"temp_mib": temp_mib(problem, tx_and_step), "hand": hand}
       print(f"{problem.name:24s} {name:40s} {rows[name]['temp_mib']:9.1f}",
             flush=True)

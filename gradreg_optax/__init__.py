@@ -15,7 +15,10 @@ The package, room by room (data flows down this list, never up):
   :class:`Hyperparameter`), on which every named method is built;
 * the named methods: ``perturbed`` (:func:`perturbed_gradient`),
   ``regularization`` (:func:`gradient_regularization`), ``sam``
-  (:func:`sam`, :func:`gradient_norm_penalty`), ``losses`` (flooding, IGR);
+  (:func:`sam`, :func:`gradient_norm_penalty`), the SAM family each in its
+  own module (``gsam``, ``wsam``, ``friendly_sam``, ``vasso``,
+  ``fisher_sam``; ``sam_on``, the mask :func:`normalization_layers`),
+  ``losses`` (flooding, IGR);
 * the wrappers and adapters: ``amortized`` (:func:`amortized`),
   ``flax_utils`` (:func:`nnx_step`, :func:`apply_gradients`);
 * the registry of every method by name: ``registry`` (:data:`METHODS`);
@@ -33,9 +36,12 @@ from gradreg_optax._transform import metrics
 from gradreg_optax.amortized import AmortizedState
 from gradreg_optax.amortized import amortized
 from gradreg_optax.amortized import needs_recompute
+from gradreg_optax.fisher_sam import fisher_sam
 from gradreg_optax.flax_utils import apply_gradients
 from gradreg_optax.flax_utils import nnx_loss
 from gradreg_optax.flax_utils import nnx_step
+from gradreg_optax.friendly_sam import friendly_sam
+from gradreg_optax.gsam import gsam
 from gradreg_optax.losses import flooding
 from gradreg_optax.losses import igr_modified_loss
 from gradreg_optax.losses import igr_rate
@@ -54,6 +60,10 @@ from gradreg_optax.registry import Regularized
 from gradreg_optax.regularization import gradient_regularization
 from gradreg_optax.sam import gradient_norm_penalty
 from gradreg_optax.sam import sam
+from gradreg_optax.sam_on import normalization_layers
+from gradreg_optax.vasso import VassoState
+from gradreg_optax.vasso import vasso
+from gradreg_optax.wsam import wsam
 
 __version__ = "0.2.0"
 
@@ -67,15 +77,19 @@ __all__ = (
     "RegularizerState",
     "StepInput",
     "StepOutput",
+    "VassoState",
     "amortized",
     "apply_gradients",
     "cost",
     "dln",
+    "fisher_sam",
     "flatness",
     "flooding",
+    "friendly_sam",
     "gradient_at",
     "gradient_norm_penalty",
     "gradient_regularization",
+    "gsam",
     "igr_modified_loss",
     "igr_rate",
     "igr_regularizer",
@@ -84,9 +98,12 @@ __all__ = (
     "needs_recompute",
     "nnx_loss",
     "nnx_step",
+    "normalization_layers",
     "normalized",
     "perturbed_gradient",
     "regularizer",
     "sam",
+    "vasso",
     "weight_matrices",
+    "wsam",
 )

@@ -17,6 +17,7 @@ Method('forward': F-GR(gamma=0.05, eps=0.1))
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import optax
@@ -27,6 +28,11 @@ from gradreg_optax import regularization
 from gradreg_optax import sam as sam_lib
 from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import LossFn
+
+# The modules, not the functions of the same names that the package exports.
+fisher_sam, friendly_sam, gsam, vasso, wsam = (
+    importlib.import_module(f"gradreg_optax.{name}") for name in (
+        "fisher_sam", "friendly_sam", "gsam", "vasso", "wsam"))
 
 
 class Regularized(NamedTuple):
@@ -66,7 +72,12 @@ class Method(NamedTuple):
     reference: a hand-written step for benchmarks and tests,
       ``reference(grad, params, g, **hyperparameters) -> update`` with
       ``grad(p)`` the gradient at ``p`` (pytrees throughout; ``None`` where
-      none is written).
+      none is written). For a method with state (see
+      :attr:`reference_init`), ``reference(grad, params, g, state,
+      **hyperparameters) -> (update, state)``.
+    reference_init: for a method with state, ``reference_init(params) ->
+      state``, the state of :attr:`reference` before the first step
+      (``None`` for a method without state).
   """
 
   name: str
@@ -77,6 +88,7 @@ class Method(NamedTuple):
   transformation: Callable[..., optax.GradientTransformationExtraArgs] | None
   loss: Callable[..., LossFn] | None = None
   reference: Callable[..., Any] | None = None
+  reference_init: Callable[..., Any] | None = None
 
   @property
   def defaults(self) -> dict[str, float]:
@@ -204,6 +216,25 @@ METHODS: Mapping[str, Method] = _Registry((
            sam_lib.NORM_PENALTY_HYPERPARAMETERS, 1,
            sam_lib.gradient_norm_penalty,
            reference=sam_lib.gradient_norm_penalty_reference),
+    Method("gsam", "GSAM", "g_p - alpha (g - proj_{g_p} g), g_p = grad "
+           "L(theta + rho g / ||g||); Zhuang et al., ICLR 2022",
+           gsam.HYPERPARAMETERS, 1, gsam.gsam, reference=gsam.reference),
+    Method("wsam", "WSAM", "g + gamma / (1 - gamma) (grad L(theta + rho g / "
+           "||g||) - g); Yue et al., KDD 2023", wsam.HYPERPARAMETERS, 1,
+           wsam.wsam, reference=wsam.reference),
+    Method("friendly_sam", "F-SAM", "grad L(theta + rho d / ||d||), d = g - "
+           "sigma m, m <- lam m + (1 - lam) g; Li et al., CVPR 2024",
+           friendly_sam.HYPERPARAMETERS, 1, friendly_sam.friendly_sam,
+           reference=friendly_sam.reference,
+           reference_init=friendly_sam.reference_init),
+    Method("vasso", "VaSSO", "grad L(theta + rho d / ||d||), d <- (1 - "
+           "theta) d + theta g; Li & Giannakis, NeurIPS 2023",
+           vasso.HYPERPARAMETERS, 1, vasso.vasso, reference=vasso.reference,
+           reference_init=vasso.reference_init),
+    Method("fisher_sam", "Fisher SAM", "grad L(theta + rho F^-1 g / sqrt(g^T "
+           "F^-1 g)), F = 1 + eta g^2; Kim et al., ICML 2022",
+           fisher_sam.HYPERPARAMETERS, 1, fisher_sam.fisher_sam,
+           reference=fisher_sam.reference),
     Method("flooding", "flooding", "grad |L - b| + b; Ishida et al., ICML "
            "2020", _FLOOD, 0, None, loss=losses.flooding),
 ))

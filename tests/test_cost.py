@@ -86,14 +86,6 @@ def _mlp(depth):
   return params, (x, y), loss_fn
 
 
-def _transformation(method, loss_fn):
-  if method == "sam":
-    return gro.sam(loss_fn, rho=0.05)
-  if method == "gradient_norm_penalty":
-    return gro.gradient_norm_penalty(loss_fn)
-  return gro.gradient_regularization(loss_fn, 0.05, method=method, eps=0.1)
-
-
 def _library_step_cost(depth, method):
   with jax.default_device(CPU):
     return _library_step_cost_here(depth, method)
@@ -103,7 +95,7 @@ def _library_step_cost_here(depth, method):
   params, batch, loss_fn = _mlp(depth)
   tx = optax.sgd(0.1)
   if method != "sgd":
-    tx = optax.chain(_transformation(method, loss_fn), tx)
+    tx = optax.chain(gro.METHODS[method](loss_fn).tx, tx)
 
   def step(params, opt_state, batch):
     grads = jax.grad(loss_fn)(params, batch)
@@ -114,24 +106,33 @@ def _library_step_cost_here(depth, method):
 
 
 # Karakida et al. (2023): SGD costs 3L products (3L - 1: the input needs no
-# gradient), one extra gradient doubles it, and the exact Hessian-vector
-# product (reverse over reverse, or forward over reverse) costs at most 9L.
-EXPECTED = {
-    "sgd": lambda L: 3 * L - 1,
-    "forward": lambda L: 2 * (3 * L - 1),
-    "backward": lambda L: 2 * (3 * L - 1),
-    "sam": lambda L: 2 * (3 * L - 1),
-    "gradient_norm_penalty": lambda L: 2 * (3 * L - 1),
-    "central": lambda L: 3 * (3 * L - 1),
-    "double_backprop": lambda L: 9 * L - 5,
-    "jvp": lambda L: 9 * L - 5,
-}
+# gradient), each extra gradient of a finite-difference method adds as many
+# (F-GR, B-GR and the SAM family one, central two), and the exact
+# Hessian-vector product (reverse over reverse, or forward over reverse)
+# costs at most 9L.
+EXACT = ("double_backprop", "jvp")
+
+
+def expected(method, depth):
+  sgd = 3 * depth - 1
+  if method == "sgd":
+    return sgd
+  if method in EXACT:
+    return 9 * depth - 5
+  return (1 + gro.METHODS[method].extra_gradients) * sgd
 
 
 @pytest.mark.parametrize("depth", [2, 4, 8])
-@pytest.mark.parametrize("method", sorted(EXPECTED))
+@pytest.mark.parametrize("method", ["sgd"] + sorted(
+    name for name, m in gro.METHODS.items() if m.transforms))
 def test_mlp_step_matmul_counts(method, depth):
-  assert _library_step_cost(depth, method).matmuls == EXPECTED[method](depth)
+  assert _library_step_cost(depth, method).matmuls == expected(method, depth)
+
+
+def test_the_closed_forms_of_the_paper():
+  # The counts above for the methods of Karakida et al., written out.
+  assert [expected(m, 4) for m in ("sgd", "forward", "central", "jvp")] == [
+      11, 22, 33, 31]
 
 
 @pytest.mark.parametrize("depth", [2, 4])
