@@ -28,6 +28,7 @@ from gradreg_optax._transform import RegularizerState
 from gradreg_optax._transform import metrics
 from gradreg_optax.amortized import AmortizedState
 from gradreg_optax.amortized import amortized
+from gradreg_optax.amortized import amortized_step
 from gradreg_optax.amortized import needs_recompute
 from gradreg_optax.flax_utils import apply_gradients
 from gradreg_optax.flax_utils import nnx_loss
@@ -55,6 +56,7 @@ __all__ = (
     "Regularized",
     "RegularizerState",
     "amortized",
+    "amortized_step",
     "apply_gradients",
     "cost",
     "dln",
