@@ -205,6 +205,11 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
       u, inner, finite = jax.lax.cond(due, fresh, reuse_last, None)
     if due is False:
       correction, stale = state.correction, state.stale
+    elif due is True:
+      new = stored(u, plain, norm)
+      finite = _all_finite(new)
+      correction = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), new)
+      stale = jnp.logical_not(finite)
     else:
       keep = jnp.logical_and(due, finite)
       correction = jax.tree.map(lambda new, old: jnp.where(keep, new, old),

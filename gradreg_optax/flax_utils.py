@@ -9,6 +9,7 @@ import optax
 
 from gradreg_optax import _checks
 from gradreg_optax._transform import _scalar
+from gradreg_optax.amortized import _find_state
 
 # What nnx_step hands the optimizer itself.
 _OWN_EXTRA_ARGS = ("batch", "value", "loss_fn")
@@ -88,12 +89,17 @@ def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
   own = sorted(set(extra_args) & set(_OWN_EXTRA_ARGS))
   if own:
     raise TypeError(f"{where}: `{own[0]}` is passed to the optimizer by "
-                    "nnx_step itself; give the data as `batch`.")
+                    "nnx_step itself (the loss of the caller's pass, the data "
+                    "`batch` and a closure of the model); leave it out.")
   if extra_args and not isinstance(optimizer.tx,
                                    optax.GradientTransformationExtraArgs):
     raise TypeError(f"{where}: extra arguments ({', '.join(extra_args)}) "
                     "are for an optimizer that holds a transformation of "
                     "gradreg_optax; this one takes none.")
+  if "recompute" in extra_args and _find_state(where,
+                                               optimizer.opt_state) is None:
+    raise TypeError(f"{where}: `recompute` is for an optimizer that holds "
+                    "gradreg_optax.amortized; this one does not.")
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
   # Values, not the model's variables: these must not follow the model when
   # its state advances.
