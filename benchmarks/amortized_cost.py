@@ -120,27 +120,26 @@ def measure(problem, method, ks, args):
       memory["host_reuse"] = temp_mib(host.jitted, state, x, y,
                                       recompute=False)
     periods = max(1, -(-inner // k))
-    for _ in range(2 * k):  # compile both programs, warm up
+    for _ in range(k + 1):  # compile both programs, warm up
       *state, loss = host(*state, x, y)
     loss.block_until_ready()
     variants.append(Variant(f"host:k{k}", lambda _, h=host: h, state,
                             [None] * (k * periods)))
 
   tx = optax.chain(gro.amortized(inner_tx, max(ks)), common.optimizer())
-  device = jax.jit(train_step(problem, tx), donate_argnums=(0, 1, 2))
   state = fresh_state(problem, tx)
-  memory["device"] = temp_mib(device, state, x, y,
-                              recompute=jnp.array(True))
+  # One compilation, used for the memory analysis and to run.
+  device = jax.jit(train_step(problem, tx), donate_argnums=(0, 1, 2)).lower(
+      *state, x, y, recompute=jnp.array(True)).compile()
+  memory["device"] = device.memory_analysis().temp_size_in_bytes / 2**20
   for branch in (True, False):
     flag = jnp.array(branch)
     call = lambda _, f=flag: (lambda *a: device(*a, recompute=f))
-    for _ in range(2):
-      *state, loss = call(None)(*state, x, y)
+    *state, loss = call(None)(*state, x, y)  # warm up (first: recompute)
     loss.block_until_ready()
     variants.append(Variant(f"device:{'recompute' if branch else 'reuse'}",
                             call, state, [None] * inner))
-    state = fresh_state(problem, tx)
-    *state, _ = call(None)(*state, x, y)  # a usable correction, then reuse
+    state = jax.tree.map(lambda a: a.copy(), state)  # holds a correction
   for v in variants:
     print(f"  warmed up {v.name} ({len(v.calls)} steps a sample)", flush=True)
 
