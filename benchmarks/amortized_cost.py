@@ -23,7 +23,7 @@ ratio. Memory is XLA's memory analysis of each compiled program
 program. ``ideal`` is ``1 + extra / k`` (one extra gradient for the methods
 here).
 
-    python amortized_cost.py --models mlp resnet --ks 2 4 10
+    python amortized_cost.py --models mlp cnn resnet --ks 2 4 10
     python amortized_cost.py --quick                     # tiny dry run
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -50,8 +51,10 @@ def problem_for(name: str, args) -> common.Problem:
     return common.mlp_problem(args.mlp_depth, args.mlp_width, args.mlp_batch)
   if name == "resnet":
     return common.resnet_problem(args.resnet_batch, width=args.resnet_width)
+  if name == "cnn":
+    return common.cnn_problem(args.cnn_batch)
   raise SystemExit(f"amortized_cost.py: unknown model {name!r} "
-                   "(mlp or resnet)")
+                   "(mlp, cnn or resnet)")
 
 
 def train_step(problem, tx):
@@ -68,6 +71,15 @@ def train_step(problem, tx):
 def temp_mib(jitted, state, x, y, **kwargs) -> float:
   compiled = jitted.lower(*state, x, y, **kwargs).compile()
   return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def conv_layouts(compiled) -> dict[str, int]:
+  """Convolutions of a compiled program by dimension layout: XLA's CPU
+  backend runs ``b01f_01io->b01f`` with its convolution library and leaves
+  the others to a generic loop."""
+  found = re.findall(r" convolution\(.*?dim_labels=([^,\s]+)",
+                     compiled.as_text())
+  return {layout: found.count(layout) for layout in sorted(set(found))}
 
 
 def fresh_state(problem, tx):
@@ -132,6 +144,9 @@ def measure(problem, method, ks, args):
   device = jax.jit(train_step(problem, tx), donate_argnums=(0, 1, 2)).lower(
       *state, x, y, recompute=jnp.array(True)).compile()
   memory["device"] = device.memory_analysis().temp_size_in_bytes / 2**20
+  layouts = {"host_recompute": conv_layouts(host.jitted.lower(
+      *fresh_state(problem, tx), x, y, recompute=True).compile()),
+             "device": conv_layouts(device)}
   for branch in (True, False):
     flag = jnp.array(branch)
     call = lambda _, f=flag: (lambda *a: device(*a, recompute=f))
@@ -168,7 +183,7 @@ def measure(problem, method, ks, args):
           ideal=1 + 1 / k, temp_mib=mem))
   steps = {name: float(np.median(t / base)) for name, t in times.items()
            if name.startswith("device")}
-  return rows, memory, steps, float(np.median(base) * 1e3), inner
+  return rows, memory, steps, float(np.median(base) * 1e3), inner, layouts
 
 
 def render(result) -> str:
@@ -194,7 +209,11 @@ def render(result) -> str:
               f"{m['device']:.1f} MiB ({m['device'] / m['host_recompute']:.2f}"
               "x the host's recomputing program). Device branches as steps: "
               f"recompute {p['device_steps']['device:recompute']:.2f}x SGD, "
-              f"reuse {p['device_steps']['device:reuse']:.2f}x.", "",
+              f"reuse {p['device_steps']['device:reuse']:.2f}x."
+              + (f" Convolutions by layout: host recomputing "
+                 f"{p['conv_layouts']['host_recompute']}, device "
+                 f"{p['conv_layouts']['device']}."
+                 if p["conv_layouts"]["device"] else ""), "",
               "| k | ideal | host x SGD | device x SGD | device / host |",
               "|---|---|---|---|---|"]
     by = {(r["every_k"], r["pattern"]): r for r in p["rows"]}
@@ -212,7 +231,7 @@ def render(result) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", nargs="+", default=["mlp", "resnet"])
+  parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
   parser.add_argument("--methods", nargs="+", default=["forward"])
   parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 10])
   parser.add_argument("--mlp-depth", type=int, default=8)
@@ -220,6 +239,7 @@ def main() -> None:
   parser.add_argument("--mlp-batch", type=int, default=256)
   parser.add_argument("--resnet-batch", type=int, default=32)
   parser.add_argument("--resnet-width", type=int, default=64)
+  parser.add_argument("--cnn-batch", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--sample-s", type=float, default=0.3,
                       help="about this long a sample (steps per sample)")
@@ -242,11 +262,12 @@ def main() -> None:
     problem = problem_for(model, args)
     for method in args.methods:
       print(f"{problem.name}, {method}", flush=True)
-      rows, memory, steps, sgd_ms, inner = measure(problem, method, args.ks,
-                                                   args)
+      rows, memory, steps, sgd_ms, inner, layouts = measure(
+          problem, method, args.ks, args)
       problems.append(dict(problem=problem.name, method=method, rows=rows,
                            memory_mib=memory, device_steps=steps,
-                           sgd_ms=sgd_ms, steps_per_sample=inner))
+                           sgd_ms=sgd_ms, steps_per_sample=inner,
+                           conv_layouts=layouts))
   result = dict(environment=common.environment(), rounds=args.rounds,
                 problems=problems)
   text = render(result)

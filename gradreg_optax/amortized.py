@@ -79,11 +79,12 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
   for a step function (with ``jax.jit`` or ``nnx.jit``); it is the pattern
   to use wherever the loop runs in Python. Without ``recompute`` (or with a
   boolean array) the device chooses, with ``lax.cond``: the form for a loop
-  that cannot leave the device (``lax.scan``). It costs more: XLA keeps
-  buffers of both branches (about 1.5x the temporary memory of the
-  recomputing program on an MLP), and XLA's CPU backend leaves the backward
-  convolutions inside a conditional in layouts it runs with a slow generic
-  kernel (5 to 10 times slower on a CPU for a convolutional network;
+  that cannot leave the device (``lax.scan``). It costs more, even with
+  only the work that differs inside the branches: XLA keeps buffers of both
+  (1.5x to 1.7x the temporary memory of the recomputing program on an MLP),
+  and XLA's CPU backend leaves the backward convolutions inside a
+  conditional in dimension layouts that it runs with a slow generic kernel
+  instead of its library convolutions (jax-ml/jax#12868;
   ``benchmarks/amortized_cost.py``). A reusing step chosen on the host that
   finds no usable correction returns NaN, for ``apply_if_finite`` to skip,
   rather than the plain gradient.
