@@ -1,135 +1,284 @@
-"""Cost of amortized GR (``every_k``) with the recompute choice made on the host.
+"""Cost of amortization (``gro.amortized``): the choice made on the host
+against the choice made on the device, time and compiled memory.
 
-For each ``k`` the step is compiled twice, once recomputing the correction and
-once reusing it (``update(..., recompute=<Python bool>)``), so the programs
-hold no ``lax.cond``; a period of ``k`` steps runs one recompute and ``k - 1``
-reuses. Timed side by side with plain SGD, full F-GR/SAM and, with
-``--cond``, the on-device choice (``lax.cond``, the default); variants
-interleaved over rounds, warm-up and compilation excluded; the ratio to SGD
-is the median over rounds.
+Two patterns, for each model, method and ``k``:
 
-    python benchmarks/amortized_cost.py                 # ResNet-18, batch 128
-    python benchmarks/amortized_cost.py --quick         # tiny dry run
+* ``host``: the documented one, ``gro.amortized_step(step)``: the step is
+  compiled twice (recomputing, reusing; ``recompute`` a Python bool) and the
+  host picks the program. Timed over whole periods of ``k`` steps through
+  ``amortized_step`` itself.
+* ``device``: ``update`` without ``recompute``: one program with a
+  ``lax.cond``. Its two branches are timed as steps of their own (the
+  branch forced by ``recompute=<boolean array>``, the same program) and a
+  period is composed as ``(recompute + (k - 1) reuse) / k``: a recomputing
+  step of a convolutional network takes tens of SGD steps here, too slow to
+  run whole periods.
+
+Every variant is interleaved with plain SGD in rounds of rotating order
+(compilation and warm-up excluded); a sample is ``inner`` steps ended by a
+device sync; the ratio to SGD is the median over rounds of the per-round
+ratio. Memory is XLA's memory analysis of each compiled program
+(temporaries; parameters, optimizer state and BatchNorm statistics donated):
+``host`` lists its recomputing program (the larger), ``device`` the one
+program. ``ideal`` is ``1 + extra / k`` (one extra gradient for the methods
+here).
+
+    python amortized_cost.py --models mlp cnn resnet --ks 2 4 10
+    python amortized_cost.py --quick                     # tiny dry run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
+import gradreg_optax as gro  # pylint: disable=wrong-import-position
 
 
-def _step(problem, method, every_k):
-  tx = optax.chain(common.transformation(problem, method, every_k),
-                   common.optimizer()) if method else common.optimizer()
+def problem_for(name: str, args) -> common.Problem:
+  if name == "mlp":
+    return common.mlp_problem(args.mlp_depth, args.mlp_width, args.mlp_batch)
+  if name == "resnet":
+    return common.resnet_problem(args.resnet_batch, width=args.resnet_width)
+  if name == "cnn":
+    return common.cnn_problem(args.cnn_batch)
+  raise SystemExit(f"amortized_cost.py: unknown model {name!r} "
+                   "(mlp, cnn or resnet)")
 
-  def step(params, opt_state, model_state, x, y, recompute):
+
+def train_step(problem, tx):
+  """``step(params, opt_state, model_state, x, y, recompute)``."""
+  def step(params, opt_state, model_state, x, y, recompute=None):
     batch = problem.batch(model_state, x, y)
     loss, g, new_state = common._own_gradient(problem, params, batch)  # pylint: disable=protected-access
     extra = {} if recompute is None else {"recompute": recompute}
     updates, opt_state = tx.update(g, opt_state, params, batch=batch, **extra)
     return optax.apply_updates(params, updates), opt_state, new_state, loss
+  return step
 
-  return tx, jax.jit(step, donate_argnums=(0, 1, 2), static_argnums=5)
+
+def temp_mib(jitted, state, x, y, **kwargs) -> float:
+  compiled = jitted.lower(*state, x, y, **kwargs).compile()
+  return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def conv_layouts(compiled) -> dict[str, int]:
+  """Convolutions of a compiled program by dimension layout: XLA's CPU
+  backend runs ``b01f_01io->b01f`` with its convolution library and leaves
+  the others to a generic loop."""
+  found = re.findall(r" convolution\(.*?dim_labels=([^,\s]+)",
+                     compiled.as_text())
+  return {layout: found.count(layout) for layout in sorted(set(found))}
+
+
+def fresh_state(problem, tx):
+  params, model_state, _, _ = problem.args()
+  copy = lambda t: jax.tree.map(lambda a: a.copy(), t)
+  return [copy(params), tx.init(params), copy(model_state)]
+
+
+class Variant:
+  """A sequence of calls timed as one sample."""
+
+  def __init__(self, name, call, state, calls_per_sample):
+    self.name, self.call, self.state = name, call, state
+    self.calls, self.times = calls_per_sample, []
+
+  def sample(self, x, y):
+    t0 = time.perf_counter()
+    for choice in self.calls:
+      *self.state, loss = self.call(choice)(*self.state, x, y)
+    loss.block_until_ready()
+    self.times.append((time.perf_counter() - t0) / len(self.calls))
+
+
+def measure(problem, method, ks, args):
+  sgd_tx = common.optimizer()
+  sgd = jax.jit(train_step(problem, sgd_tx), donate_argnums=(0, 1, 2))
+  inner_tx = gro.METHODS[method](problem.loss_fn, has_aux=problem.has_aux).tx
+  x, y = problem.x, problem.y
+  variants, memory = [], {}
+
+  state = fresh_state(problem, sgd_tx)
+  memory["sgd"] = temp_mib(sgd, state, x, y)
+  for _ in range(2):
+    *state, loss = sgd(*state, x, y)
+  loss.block_until_ready()
+  t0 = time.perf_counter()
+  *state, loss = sgd(*state, x, y)
+  loss.block_until_ready()
+  inner = max(1, round(args.sample_s / (time.perf_counter() - t0)))
+  variants.append(Variant("sgd", lambda _: sgd, state, [None] * inner))
+
+  for k in ks:
+    tx = optax.chain(gro.amortized(inner_tx, k), common.optimizer())
+    host = gro.amortized_step(train_step(problem, tx),
+                              donate_argnums=(0, 1, 2))
+    state = fresh_state(problem, tx)
+    if k == ks[0]:  # the programs do not depend on k
+      memory["host_recompute"] = temp_mib(host.jitted, state, x, y,
+                                          recompute=True)
+      memory["host_reuse"] = temp_mib(host.jitted, state, x, y,
+                                      recompute=False)
+    periods = max(1, -(-inner // k))
+    for _ in range(k + 1):  # compile both programs, warm up
+      *state, loss = host(*state, x, y)
+    loss.block_until_ready()
+    variants.append(Variant(f"host:k{k}", lambda _, h=host: h, state,
+                            [None] * (k * periods)))
+
+  tx = optax.chain(gro.amortized(inner_tx, max(ks)), common.optimizer())
+  state = fresh_state(problem, tx)
+  # One compilation, used for the memory analysis and to run.
+  device = jax.jit(train_step(problem, tx), donate_argnums=(0, 1, 2)).lower(
+      *state, x, y, recompute=jnp.array(True)).compile()
+  memory["device"] = device.memory_analysis().temp_size_in_bytes / 2**20
+  layouts = {"host_recompute": conv_layouts(host.jitted.lower(
+      *fresh_state(problem, tx), x, y, recompute=True).compile()),
+             "device": conv_layouts(device)}
+  for branch in (True, False):
+    flag = jnp.array(branch)
+    call = lambda _, f=flag: (lambda *a: device(*a, recompute=f))
+    *state, loss = call(None)(*state, x, y)  # warm up (first: recompute)
+    loss.block_until_ready()
+    variants.append(Variant(f"device:{'recompute' if branch else 'reuse'}",
+                            call, state, [None] * inner))
+    state = jax.tree.map(lambda a: a.copy(), state)  # holds a correction
+  for v in variants:
+    print(f"  warmed up {v.name} ({len(v.calls)} steps a sample)", flush=True)
+
+  for r in range(args.rounds):
+    shift = r % len(variants)
+    for v in variants[shift:] + variants[:shift]:
+      v.sample(x, y)
+    print(f"  round {r + 1}/{args.rounds}", flush=True)
+
+  times = {v.name: np.array(v.times) for v in variants}
+  base = times["sgd"]
+  rows = []
+  for k in ks:
+    device_period = (times["device:recompute"] + (k - 1)
+                     * times["device:reuse"]) / k
+    for pattern, t, mem in (
+        ("host", times[f"host:k{k}"], memory["host_recompute"]),
+        ("device", device_period, memory["device"])):
+      ratio = t / base
+      rows.append(dict(
+          method=method, every_k=k, pattern=pattern,
+          ms_per_step=float(np.median(t) * 1e3),
+          ratio_median=float(np.median(ratio)),
+          ratio_q25=float(np.percentile(ratio, 25)),
+          ratio_q75=float(np.percentile(ratio, 75)),
+          ideal=1 + 1 / k, temp_mib=mem))
+  steps = {name: float(np.median(t / base)) for name, t in times.items()
+           if name.startswith("device")}
+  return rows, memory, steps, float(np.median(base) * 1e3), inner, layouts
+
+
+def render(result) -> str:
+  env = result["environment"]
+  lines = [
+      f"# Amortization: host choice against device choice, "
+      f"{env['device']}", "",
+      f"Run: `{env['command']}` (in `benchmarks/`); jax {env['jax']}, "
+      f"jaxlib {env['jaxlib']}, optax {env['optax']}, flax {env['flax']}; "
+      f"{result['rounds']} rounds.", "",
+      "`host`: `gro.amortized_step` (two programs, chosen on the host), "
+      "timed over whole periods; `device`: `update` without `recompute` "
+      "(`lax.cond`), its two branches timed as steps and composed as "
+      "`(recompute + (k-1) reuse) / k`. Time: median over rounds of the "
+      "ratio to SGD in the same round (IQR in brackets). Memory: XLA's "
+      "compiled temporaries (host: the recomputing program).", ""]
+  for p in result["problems"]:
+    m = p["memory_mib"]
+    lines += [f"## {p['problem']}, {p['method']}", "",
+              f"SGD {p['sgd_ms']:.1f} ms/step; temporaries: SGD "
+              f"{m['sgd']:.1f} MiB, host recomputing {m['host_recompute']:.1f}"
+              f", host reusing {m['host_reuse']:.1f}, device "
+              f"{m['device']:.1f} MiB ({m['device'] / m['host_recompute']:.2f}"
+              "x the host's recomputing program). Device branches as steps: "
+              f"recompute {p['device_steps']['device:recompute']:.2f}x SGD, "
+              f"reuse {p['device_steps']['device:reuse']:.2f}x."
+              + (f" Convolutions by layout: host recomputing "
+                 f"{p['conv_layouts']['host_recompute']}, device "
+                 f"{p['conv_layouts']['device']}."
+                 if p["conv_layouts"]["device"] else ""), "",
+              "| k | ideal | host x SGD | device x SGD | device / host |",
+              "|---|---|---|---|---|"]
+    by = {(r["every_k"], r["pattern"]): r for r in p["rows"]}
+    for k in sorted({r["every_k"] for r in p["rows"]}):
+      h, d = by[k, "host"], by[k, "device"]
+      lines.append(
+          f"| {k} | {h['ideal']:.2f} | {h['ratio_median']:.2f} "
+          f"[{h['ratio_q25']:.2f}, {h['ratio_q75']:.2f}] | "
+          f"{d['ratio_median']:.2f} [{d['ratio_q25']:.2f}, "
+          f"{d['ratio_q75']:.2f}] | {d['ratio_median'] / h['ratio_median']:.2f}"
+          " |")
+    lines.append("")
+  return "\n".join(lines)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--width", type=int, default=64)
-  parser.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10])
-  parser.add_argument("--methods", nargs="+", default=["forward", "sam"])
-  parser.add_argument("--rounds", type=int, default=30)
-  parser.add_argument("--cond", action="store_true",
-                      help="also time the on-device choice (lax.cond)")
+  parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "resnet"])
+  parser.add_argument("--methods", nargs="+", default=["forward"])
+  parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 10])
+  parser.add_argument("--mlp-depth", type=int, default=8)
+  parser.add_argument("--mlp-width", type=int, default=1024)
+  parser.add_argument("--mlp-batch", type=int, default=256)
+  parser.add_argument("--resnet-batch", type=int, default=32)
+  parser.add_argument("--resnet-width", type=int, default=64)
+  parser.add_argument("--cnn-batch", type=int, default=32)
+  parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--sample-s", type=float, default=0.3,
+                      help="about this long a sample (steps per sample)")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
+  for name in args.methods:
+    if name not in gro.METHODS or not gro.METHODS[name].transforms:
+      raise SystemExit(f"amortized_cost.py: --methods: {name!r} is not a "
+                       "method that transforms the gradient")
+  if any(k < 1 for k in args.ks):
+    raise SystemExit("amortized_cost.py: --ks must be >= 1")
   if args.quick:
-    args.batch, args.width, args.rounds, args.ks = 8, 8, 3, [2]
-    args.methods = args.methods[:1]
+    args.mlp_depth, args.mlp_width, args.mlp_batch = 2, 32, 8
+    args.resnet_batch, args.resnet_width, args.rounds = 2, 8, 2
+    args.sample_s = 0.01
 
-  problem = common.resnet_problem(args.batch, width=args.width)
-  period = math.lcm(*args.ks)
-  # (name, method, every_k, schedule of `recompute` over one period)
-  variants = [("sgd", None, 1, [None] * period)]
-  for method in args.methods:
-    variants.append((f"{method}", method, 1, [None] * period))
-    for k in args.ks:
-      host = [i % k == 0 for i in range(period)]
-      variants.append((f"{method}:k{k}:host", method, k, host))
-      if args.cond:
-        variants.append((f"{method}:k{k}:cond", method, k, [None] * period))
-
-  runs, steps = [], {}
-  for name, method, k, schedule in variants:
-    # With the choice made on the host the two programs do not depend on k:
-    # compile them once per method.
-    key = (method, "host" if schedule[0] is not None else k)
-    if key not in steps:
-      steps[key] = _step(problem, method, k)
-    tx, step = steps[key]
-    params, model_state, x, y = problem.args()
-    state = [jax.tree.map(lambda a: a.copy(), params), tx.init(params),
-             jax.tree.map(lambda a: a.copy(), model_state)]
-    t0 = time.perf_counter()
-    for choice in sorted(set(schedule), key=str):  # compile + warm up
-      state = list(step(*state, x, y, choice)[:3])
-    jax.block_until_ready(state)
-    runs.append(dict(name=name, method=method, every_k=k, schedule=schedule,
-                     step=step, state=state, times=[],
-                     compile_and_warmup_s=time.perf_counter() - t0))
-    print(f"compiled {name}", flush=True)
-
-  for r in range(args.rounds):
-    shift = r % len(runs)
-    for run in runs[shift:] + runs[:shift]:
-      state = run["state"]
-      t0 = time.perf_counter()
-      for choice in run["schedule"]:
-        *state, loss = run["step"](*state, problem.x, problem.y, choice)
-      loss.block_until_ready()
-      run["times"].append((time.perf_counter() - t0) / period)
-      run["state"] = state
-
-  base = np.array(runs[0]["times"])
-  env = common.environment()
-  rows = []
-  print(f"\n{env['device']}, ResNet-18 batch {args.batch}, jax {env['jax']}")
-  print(f"{'variant':<20} {'ms/step':>8} {'x SGD':>6} {'IQR':>14} "
-        f"{'ideal':>6}")
-  for run in runs:
-    t = np.array(run["times"])
-    ratio = t / base
-    k, extra = run["every_k"], 0 if run["method"] is None else 1
-    row = dict(variant=run["name"], every_k=k,
-               median_ms=float(np.median(t) * 1e3),
-               ratio_median=float(np.median(ratio)),
-               ratio_q25=float(np.percentile(ratio, 25)),
-               ratio_q75=float(np.percentile(ratio, 75)),
-               ideal=1 + extra / k,
-               compile_and_warmup_s=run["compile_and_warmup_s"])
-    rows.append(row)
-    print(f"{row['variant']:<20} {row['median_ms']:8.3f} "
-          f"{row['ratio_median']:6.2f} [{row['ratio_q25']:.2f}, "
-          f"{row['ratio_q75']:.2f}] {row['ideal']:6.2f}")
+  problems = []
+  for model in args.models:
+    problem = problem_for(model, args)
+    for method in args.methods:
+      print(f"{problem.name}, {method}", flush=True)
+      rows, memory, steps, sgd_ms, inner, layouts = measure(
+          problem, method, args.ks, args)
+      problems.append(dict(problem=problem.name, method=method, rows=rows,
+                           memory_mib=memory, device_steps=steps,
+                           sgd_ms=sgd_ms, steps_per_sample=inner,
+                           conv_layouts=layouts))
+  result = dict(environment=common.environment(), rounds=args.rounds,
+                problems=problems)
+  text = render(result)
+  print(text)
   out = args.out or os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results",
       f"amortized_{common.device_slug()}.json")
   with open(out, "w") as f:
-    json.dump({"environment": env, "batch": args.batch, "width": args.width,
-               "rounds": args.rounds, "period_steps": period, "rows": rows},
-              f, indent=1)
+    json.dump(result, f, indent=1)
+  with open(os.path.splitext(out)[0] + ".md", "w") as f:
+    f.write(text)
   print(f"wrote {out}")
 
 

@@ -35,6 +35,7 @@ from gradreg_optax._transform import RegularizerState
 from gradreg_optax._transform import metrics
 from gradreg_optax.amortized import AmortizedState
 from gradreg_optax.amortized import amortized
+from gradreg_optax.amortized import amortized_step
 from gradreg_optax.amortized import needs_recompute
 from gradreg_optax.fisher_sam import fisher_sam
 from gradreg_optax.flax_utils import apply_gradients
@@ -79,6 +80,7 @@ __all__ = (
     "StepOutput",
     "VassoState",
     "amortized",
+    "amortized_step",
     "apply_gradients",
     "cost",
     "dln",

@@ -8,10 +8,15 @@ import jax
 import optax
 
 from gradreg_optax import _checks
+from gradreg_optax._transform import _scalar
+from gradreg_optax.amortized import _find_state
+
+# What nnx_step hands the optimizer itself.
+_OWN_EXTRA_ARGS = ("batch", "value", "loss_fn")
 
 
 def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
-             batch: Any, *, has_aux: bool = False) -> Any:
+             batch: Any, *, has_aux: bool = False, **extra_args: Any) -> Any:
   """One NNX training step whose extra evaluations replay the caller's pass.
 
   Does what ::
@@ -41,6 +46,10 @@ def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
     batch: the data, any pytree.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``; build the
       transformation with the same ``has_aux``.
+    **extra_args: passed on to the optimizer's ``update``, e.g.
+      ``recompute=`` for :func:`~gradreg_optax.amortized` (with
+      :func:`~gradreg_optax.amortized_step` and ``jit=nnx.jit``, which
+      chooses it on the host).
 
   Returns:
     The loss (``(loss, aux)`` with ``has_aux``) of the caller's pass.
@@ -77,6 +86,20 @@ def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
                     f"model, got {type(optimizer).__name__}.")
   _checks.callable_arg(where, "loss_fn", loss_fn, "loss_fn(model, batch)")
   _checks.bool_arg(where, "has_aux", has_aux)
+  own = sorted(set(extra_args) & set(_OWN_EXTRA_ARGS))
+  if own:
+    raise TypeError(f"{where}: `{own[0]}` is passed to the optimizer by "
+                    "nnx_step itself (the loss of the caller's pass, the data "
+                    "`batch` and a closure of the model); leave it out.")
+  if extra_args and not isinstance(optimizer.tx,
+                                   optax.GradientTransformationExtraArgs):
+    raise TypeError(f"{where}: extra arguments ({', '.join(extra_args)}) "
+                    "are for an optimizer that holds a transformation of "
+                    "gradreg_optax; this one takes none.")
+  if "recompute" in extra_args and _find_state(where,
+                                               optimizer.opt_state) is None:
+    raise TypeError(f"{where}: `recompute` is for an optimizer that holds "
+                    "gradreg_optax.amortized; this one does not.")
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
   # Values, not the model's variables: these must not follow the model when
   # its state advances.
@@ -89,15 +112,16 @@ def nnx_step(model: Any, optimizer: Any, loss_fn: Callable[..., Any],
 
   def caller_loss(p):
     out, new_rest = evaluate(p, rest)
-    loss, aux = out if has_aux else (out, None)
-    return loss, (aux, new_rest)
+    # One message naming `has_aux` instead of JAX's own errors further on.
+    loss = _scalar(where, out, has_aux)
+    return loss, (out[1] if has_aux else None, new_rest)
 
   (loss, (aux, new_rest)), grads = jax.value_and_grad(
       caller_loss, has_aux=True)(params)
   extra = {}
   if isinstance(optimizer.tx, optax.GradientTransformationExtraArgs):
     # (A bare Optax optimizer takes no extra arguments: the plain step.)
-    extra = dict(batch=batch, value=loss,
+    extra = dict(extra_args, batch=batch, value=loss,
                  loss_fn=lambda p: evaluate(p, rest)[0])
   optimizer.update(model, grads, **extra)
   nnx.update(model, new_rest)

@@ -303,3 +303,205 @@ def test_map_params_reaches_the_stored_correction():
 def test_bad_arguments_are_rejected_naming_them(make, error, match):
   with pytest.raises(error, match=match):
     make()
+
+
+# --- LookSAM: reuse="orthogonal" ---------------------------------------------
+
+
+def _looksam_reference(rho, alpha, k, steps):
+  """LookSAM in float64: every k steps g_s (the SAM gradient, from an
+  un-amortized gro.sam at the same point) and g_v = g_s - proj_g(g_s);
+  between, g + alpha ||g|| g_v / ||g_v||."""
+  flat = lambda t: np.concatenate([np.asarray(x, np.float64).ravel()
+                                   for x in jax.tree.leaves(t)])
+  treedef = jax.tree.structure(PARAMS)
+  shapes = [x.shape for x in jax.tree.leaves(PARAMS)]
+
+  def unflat(v):
+    out, i = [], 0
+    for s in shapes:
+      n = int(np.prod(s))
+      out.append(jnp.asarray(v[i:i + n].reshape(s), jnp.float32))
+      i += n
+    return treedef.unflatten(out)
+
+  params, want, g_v = PARAMS, [], None
+  for t in range(steps):
+    g_tree = jax.grad(mlp_loss)(params, _batch(t))
+    g = flat(g_tree)
+    if t % k == 0:
+      sam = gro.sam(mlp_loss, rho)
+      g_s = flat(sam.update(g_tree, sam.init(params), params,
+                            batch=_batch(t))[0])
+      g_v = g_s - (g_s @ g) / (g @ g) * g
+      u = g_s
+    else:
+      u = g + alpha * np.linalg.norm(g) / np.linalg.norm(g_v) * g_v
+    want.append(u)
+    params = optax.apply_updates(params, unflat(-0.1 * u))
+  return want
+
+
+@pytest.mark.parametrize("alpha", [0.7, 0.0, optax.constant_schedule(1.5)])
+def test_orthogonal_reuse_is_looksam(alpha):
+  k, steps = 3, 7
+  got, _ = _run(gro.amortized(gro.sam(mlp_loss, 0.05), k, reuse="orthogonal",
+                              alpha=alpha), steps)
+  a = float(alpha(0)) if callable(alpha) else alpha
+  want = _looksam_reference(0.05, a, k, steps)
+  for t, (u, w) in enumerate(zip(got, want)):
+    u = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(u)])
+    np.testing.assert_allclose(u, w, rtol=1e-4, atol=1e-6, err_msg=str(t))
+  if a:  # the comparison can fail: "scaled" reuses another direction
+    scaled, _ = _run(gro.amortized(gro.sam(mlp_loss, 0.05), k,
+                                   reuse="scaled"), steps)
+    assert float(optax.tree.norm(optax.tree.sub(scaled[1], got[1]))) > 1e-4
+
+
+def test_orthogonal_reuse_of_zero_norms_is_finite():
+  # g = (2, 0): the SAM gradient is along g, so g_v is exactly 0; then the
+  # gradient 0 itself. Neither gives NaN: the reusing steps return g.
+  loss = lambda p, b: jnp.sum((p - b) ** 2)
+  tx = gro.amortized(gro.sam(loss, 0.5), 2, reuse="orthogonal")
+  params = jnp.array([1.0, 0.0])
+  state = tx.init(params)
+  for target in (jnp.zeros(2), jnp.zeros(2), params, params):
+    g = jax.grad(loss)(params, target)
+    u, state = tx.update(g, state, params, batch=target)
+    assert bool(jnp.all(jnp.isfinite(u)))
+    assert not gro.needs_recompute(state)
+    np.testing.assert_array_equal(state.correction, jnp.zeros(2))
+  np.testing.assert_array_equal(u, jnp.zeros(2))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(reuse="orthogonal", alpha=-0.1), "`alpha` must be >= 0"),
+    (dict(reuse="orthogonal", alpha="big"), "`alpha` must be a number"),
+    (dict(alpha=0.5), "`alpha` is the weight of reuse=\"orthogonal\""),
+])
+def test_bad_alpha_is_rejected_naming_it(kwargs, match):
+  with pytest.raises((TypeError, ValueError),
+                     match="gradreg_optax.amortized: " + match):
+    gro.amortized(MAKERS["sam"](mlp_loss), 2, **kwargs)
+
+
+# --- donation and the `recompute` argument ------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_a_state_initialized_outside_jit_can_be_donated(name):
+  tx = optax.chain(gro.amortized(MAKERS[name](mlp_loss), 2), optax.sgd(0.1))
+  state = tx.init(PARAMS)
+  leaves = jax.tree.leaves(state)
+  assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+  step = jax.jit(lambda s, p, b: tx.update(jax.grad(mlp_loss)(p, b), s, p,
+                                           batch=b), donate_argnums=0)
+  kept = jax.jit(lambda s, p, b: tx.update(jax.grad(mlp_loss)(p, b), s, p,
+                                           batch=b))
+  reference = tx.init(PARAMS)
+  for t in range(3):
+    out, state = step(state, PARAMS, _batch(t))
+    want, reference = kept(reference, PARAMS, _batch(t))
+    chex.assert_trees_all_close(out, want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("recompute", [
+    "yes", 1, jnp.array([True]), jnp.array(1), np.array(0.0)])
+def test_recompute_of_another_type_is_rejected_naming_it(recompute):
+  tx = gro.amortized(MAKERS["sam"](mlp_loss), 2)
+  g = jax.grad(mlp_loss)(PARAMS, BATCH)
+  with pytest.raises(TypeError, match="gradreg_optax.amortized: the "
+                     "`recompute` argument of `update` must be a Python bool"):
+    tx.update(g, tx.init(PARAMS), PARAMS, batch=BATCH, recompute=recompute)
+
+
+# --- amortized_step: the choice made on the host -------------------------------
+
+
+def _functional_step(tx):
+  def step(params, opt_state, batch, recompute):
+    loss, g = jax.value_and_grad(mlp_loss)(params, batch)
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   value=loss, recompute=recompute)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return step
+
+
+@pytest.mark.parametrize("reuse", ["correction", "orthogonal"])
+def test_amortized_step_equals_the_device_choice(reuse):
+  k, steps = 3, 7
+  tx = optax.chain(gro.amortized(MAKERS["sam"](mlp_loss), k, reuse=reuse),
+                   optax.sgd(0.1))
+  host = gro.amortized_step(_functional_step(tx), donate_argnums=(0, 1))
+  device = jax.jit(lambda p, s, b: _functional_step(tx)(p, s, b, None))
+  params, state = jax.tree.map(jnp.copy, PARAMS), tx.init(PARAMS)
+  want_params, want_state = PARAMS, tx.init(PARAMS)
+  for t in range(steps):
+    params, state, _ = host(params, state, _batch(t))
+    want_params, want_state, _ = device(want_params, want_state, _batch(t))
+    chex.assert_trees_all_close(params, want_params, rtol=1e-6, atol=1e-8)
+  assert int(state[0].count) == steps
+  if reuse != "correction":
+    return  # (the norms it takes have conditionals of their own on a CPU)
+  # Two programs, neither holding the choice.
+  args = (PARAMS, tx.init(PARAMS), BATCH)
+  text = lambda r: host.jitted.lower(*args, recompute=r).compile().as_text()
+  plain = MAKERS["sam"](mlp_loss)
+  own = jax.jit(lambda g, s, p: plain.update(g, s, p, batch=BATCH)).lower(
+      jax.grad(mlp_loss)(PARAMS, BATCH), plain.init(PARAMS),
+      PARAMS).compile().as_text().count("conditional(")
+  assert text(True).count("conditional(") == own
+  assert text(False).count("conditional(") == 0
+
+
+def test_amortized_step_follows_a_state_it_did_not_return():
+  # A restored (earlier) state is read from the device: the step count and
+  # staleness it holds decide, not the host's own count.
+  tx = optax.chain(gro.amortized(MAKERS["forward"](mlp_loss), 4),
+                   optax.sgd(0.1))
+  host = gro.amortized_step(_functional_step(tx))
+  start = (PARAMS, tx.init(PARAMS))
+  params, state = start
+  for t in range(2):
+    params, state, _ = host(params, state, _batch(t))
+  saved = (params, state)
+  for t in range(2, 5):
+    params, state, _ = host(params, state, _batch(t))
+  after = [host(*saved, _batch(2))[0], host(*start, _batch(0))[0]]
+  device = jax.jit(lambda p, s, b: _functional_step(tx)(p, s, b, None))
+  want = [device(*saved, _batch(2))[0], device(*start, _batch(0))[0]]
+  chex.assert_trees_all_close(after, want, rtol=1e-6, atol=1e-8)
+
+
+def test_amortized_step_recomputes_after_a_non_finite_correction():
+  inner = gro.gradient_regularization(_cliff_loss, 0.1, eps=1.0)
+  tx = optax.chain(gro.amortized(inner, 4),
+                   optax.apply_if_finite(optax.sgd(0.01), 1))
+
+  def step(params, opt_state, batch, recompute):
+    g = jax.grad(_cliff_loss)(params, batch)
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   recompute=recompute)
+    return optax.apply_updates(params, updates), opt_state
+
+  host = gro.amortized_step(step)
+  params, state, finite = NAN_PARAMS, tx.init(NAN_PARAMS), []
+  for t in range(8):
+    params, state = host(params, state, _nan_then_finite_batches(t))
+    finite.append(bool(state[1].last_finite))
+    assert bool(jnp.all(jnp.isfinite(params["w"]))), t
+  assert finite == [False] + [True] * 7
+
+
+def test_amortized_step_rejects_a_step_without_the_state():
+  host = gro.amortized_step(lambda p, recompute: p)
+  with pytest.raises(ValueError, match="amortized_step: found no "
+                     "gradreg_optax.amortized state"):
+    host(PARAMS)
+  tx = gro.amortized(MAKERS["sam"](mlp_loss), 2)
+  with pytest.raises(TypeError, match="amortized_step: the step chooses "
+                     "`recompute` itself"):
+    host(tx.init(PARAMS), recompute=True)
+  with pytest.raises(TypeError, match="amortized_step: `step` must be a "
+                     "callable"):
+    gro.amortized_step("step")

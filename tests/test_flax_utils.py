@@ -451,3 +451,82 @@ def test_flax_apply_gradients_without_batch_names_the_problem():
                                                 state.params)
   with pytest.raises(ValueError, match="batch=batch"):
     state.apply_gradients(grads=grads)
+
+
+# --- nnx_step: extra arguments and has_aux --------------------------------------
+
+
+def _amortized_sam_reference(start, base_key, batches, k, rho=0.05):
+  """Amortized SAM with dropout, written out: at steps 0, k, 2k, ... the
+  SAM gradient under the caller's mask, c = u - g kept; g + c between."""
+  params, out_params, c = start, [], None
+  for t, (x, y) in enumerate(batches):
+    key = jax.random.fold_in(base_key, t)
+    loss = lambda p: jnp.mean((_dropout_forward(p, x, key, False) - y) ** 2)
+    g = jax.grad(loss)(params)
+    if t % k == 0:
+      norm = optax.tree.norm(g)
+      u = jax.grad(loss)(jax.tree.map(lambda p, gi: p + rho * gi / norm,
+                                      params, g))
+      c = optax.tree.sub(u, g)
+    u = optax.tree.add(g, c)
+    params = jax.tree.map(lambda p, ui: p - LR * ui, params, u)
+    out_params.append(params)
+  return out_params
+
+
+def test_nnx_step_passes_recompute_on_to_amortized():
+  k = 2
+  model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  start = _pure(model)
+  (base_key,) = jax.tree.leaves(nnx.state(model, nnx.RngKey))
+  tx = optax.chain(gro.amortized(MAKERS["sam"](nnx_loss_fn), k),
+                   optax.sgd(LR))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  step = gro.amortized_step(
+      lambda m, o, b, recompute: gro.nnx_step(m, o, nnx_loss_fn, b,
+                                              recompute=recompute),
+      jit=nnx.jit)
+  batches = _batches(5)
+  want = _amortized_sam_reference(start, base_key, batches, k)
+  for t, batch in enumerate(batches):
+    step(model, optimizer, batch)
+    chex.assert_trees_all_close(_pure(model), want[t], rtol=1e-5, atol=1e-6)
+  # A reusing step with nothing stored says so (NaN), which it would
+  # not if `recompute` were dropped.
+  fresh = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  opt = nnx.Optimizer(fresh, tx, wrt=nnx.Param)
+  gro.nnx_step(fresh, opt, nnx_loss_fn, batches[0], recompute=False)
+  assert not any(bool(jnp.any(jnp.isfinite(x)))
+                 for x in jax.tree.leaves(_pure(fresh)["l2"]))
+
+
+@pytest.mark.parametrize("has_aux,returns,match", [
+    (True, lambda out: jnp.mean(out), "with has_aux=True, `loss_fn` must "
+     "return a pair"),
+    (False, lambda out: (jnp.mean(out), {}), "for a loss that returns "
+     r"\(loss, aux\) pass has_aux=True"),
+    (True, lambda out: (out, {}), "must return a scalar loss as the first "
+     "element"),
+])
+def test_nnx_step_with_has_aux_disagreeing_with_the_loss_names_it(
+    has_aux, returns, match):
+  model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  loss_fn = lambda m, b: returns((m(b[0]) - b[1]) ** 2)
+  optimizer = nnx.Optimizer(model, optax.chain(
+      MAKERS["sam"](nnx_loss_fn), optax.sgd(LR)), wrt=nnx.Param)
+  with pytest.raises(TypeError, match="gradreg_optax.nnx_step: .*" + match):
+    gro.nnx_step(model, optimizer, loss_fn, _batches(1)[0], has_aux=has_aux)
+
+
+def test_nnx_step_rejects_extra_arguments_it_cannot_pass():
+  model = DropoutMLP(nnx.Rngs(0), batch_norm=False)
+  batch = _batches(1)[0]
+  optimizer = nnx.Optimizer(model, MAKERS["sam"](nnx_loss_fn), wrt=nnx.Param)
+  with pytest.raises(TypeError, match="nnx_step: `value` is passed to the "
+                     "optimizer by nnx_step itself"):
+    gro.nnx_step(model, optimizer, nnx_loss_fn, batch, value=0.0)
+  bare = nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param)
+  with pytest.raises(TypeError, match="nnx_step: `recompute` is for an "
+                     "optimizer that holds gradreg_optax.amortized"):
+    gro.nnx_step(model, bare, nnx_loss_fn, batch, recompute=True)
