@@ -9,14 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.experimental import checkify
+
 from gradreg_optax import _checks
 from gradreg_optax._numerics import global_norm, wide
+from gradreg_optax._step import Hyperparameter
 from gradreg_optax._transform import ADVANCE_ONLY, RegularizerState, find_one
 
 REUSE_MODES = ("correction", "scaled", "orthogonal")
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 # LookSAM's default weight of the stored orthogonal direction (Liu et al.).
-_LOOKSAM_ALPHA = 0.7
+_LOOKSAM_ALPHA = Hyperparameter(0.7, "[0, inf)", "LookSAM's weight of the "
+                                "stored direction")
 
 
 class AmortizedState(NamedTuple):
@@ -131,7 +135,8 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
   _checks.choice_arg(where, "reuse", reuse, REUSE_MODES)
   if reuse == "orthogonal":
     alpha = _checks.hyperparameter(
-        where, "alpha", _LOOKSAM_ALPHA if alpha is None else alpha)
+        where, "alpha", _LOOKSAM_ALPHA.default if alpha is None else alpha,
+        _LOOKSAM_ALPHA)
   elif alpha is not None:
     raise ValueError(f"{where}: `alpha` is the weight of reuse="
                      f"\"orthogonal\" (LookSAM); with reuse={reuse!r} leave "
@@ -170,6 +175,12 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
       correction = jax.tree.map(lambda x: x * norm, correction)
     elif reuse == "orthogonal":
       a = alpha(count) if callable(alpha) else alpha
+      if not isinstance(a, (int, float)):  # a schedule's value at run time
+        valid = _LOOKSAM_ALPHA.contains(a)
+        checkify.debug_check(valid, f"{where}: `alpha` must be "
+                             f"{_LOOKSAM_ALPHA.describe()} at every step, "
+                             "got {a}; the step's output is NaN.", a=a)
+        a = jnp.where(valid, a, jnp.nan)
       correction = jax.tree.map(lambda x: x * (a * norm), correction)
     return jax.tree.map(lambda p, x: (wide(p) + x).astype(p.dtype), plain,
                         correction)

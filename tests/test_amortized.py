@@ -385,6 +385,22 @@ def test_bad_alpha_is_rejected_naming_it(kwargs, match):
     gro.amortized(MAKERS["sam"](mlp_loss), 2, **kwargs)
 
 
+def test_an_alpha_schedule_leaving_its_domain_gives_a_nan_reuse():
+  alpha = lambda count: jnp.where(count < 1, 0.7, -0.7)
+  with pytest.raises(ValueError, match="`alpha` must be >= 0 at every step; "
+                     "the schedule gives -0.7 at step 0"):
+    gro.amortized(MAKERS["sam"](mlp_loss), 2, reuse="orthogonal",
+                  alpha=lambda count: -0.7)
+  tx = gro.amortized(MAKERS["sam"](mlp_loss), 2, reuse="orthogonal",
+                     alpha=alpha)
+  grads = jax.grad(mlp_loss)(PARAMS, BATCH)
+  step = jax.jit(lambda s: tx.update(grads, s, PARAMS, batch=BATCH))
+  u0, state = step(tx.init(PARAMS))  # recomputes: alpha unused
+  u1, _ = step(state)                # reuses with alpha = -0.7
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(u0))
+  assert all(np.isnan(x).all() for x in jax.tree.leaves(u1))
+
+
 # --- donation and the `recompute` argument ------------------------------------
 
 
