@@ -174,10 +174,10 @@ def test_a_method_added_to_the_registry_gets_its_flags_without_edits():
   for argv, expected in [
       (("--method", "weighted", "--gamma", "3"), "argument --gamma: expected "
        "a number in [0, 1) for method 'weighted', got 3"),
-      (("--gamma", "-1",), "argument --gamma: expected a number >= 0 or a "
-       "number in [0, 1), got '-1'"),
+      (("--gamma", "-1",), "argument --gamma: expected a number >= 0, got "
+       "'-1'"),
       (("--method", "weighted", "--theta", "0"), "argument --theta: expected "
-       "a number in (0, 1], got '0'")]:
+       "a number in (0, 1] for method 'weighted', got 0")]:
     bad = run(*argv)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.split(": error: ")[1].startswith(expected), bad.stderr

@@ -571,7 +571,17 @@ def _in_words(h: gro.Hyperparameter) -> str:
 
 
 def _expected(hs: Sequence[gro.Hyperparameter]) -> str:
-  return " or ".join(dict.fromkeys(_in_words(h) for h in hs))
+  """The union of the domains in words, leaving out those inside another."""
+  widest = [h for h in hs
+            if not any(_inside(h, o) and not _inside(o, h) for o in hs)]
+  return " or ".join(dict.fromkeys(_in_words(h) for h in widest))
+
+
+def _inside(a: gro.Hyperparameter, b: gro.Hyperparameter) -> bool:
+  """Whether the domain of ``a`` lies within that of ``b``."""
+  (la, ua), (lb, ub) = a.bounds, b.bounds
+  return (lb < la or (lb == la and (b.contains(la) or not a.contains(la)))) \
+      and (ua < ub or (ua == ub and (b.contains(ua) or not a.contains(ua))))
 
 
 def hyperparameter_type(name: str) -> Callable[[str], float]:
