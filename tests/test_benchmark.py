@@ -57,7 +57,6 @@ def test_quick_study_writes_json_markdown_and_figure(tmp_path, capsys):
     (["--methods", "adam"], "argument --methods: unknown method 'adam'"),
     (["--methods", "sgd", "flooding:every_k=2"], "argument --methods: "),
     (["--methods", "sgd", "sam:rho=-1"], "argument --methods: sam:rho=-1: "),
-    (["--methods", "sam"], "argument --methods: 'sgd' is needed"),
     (["--noise", "1.5"], "argument --noise"),
     (["--tasks", "cifar"], "argument --tasks"),
     (["--configs", "1"], "argument --configs"),

@@ -15,11 +15,21 @@ the accuracy-cost front.
 ``--out PREFIX`` writes ``PREFIX.json`` and ``PREFIX.md`` after every
 (task, method) and skips those already in ``PREFIX.json`` (same protocol),
 so a stopped study resumes; ``--merge A.json B.json ... --out PREFIX``
-combines studies run in parts (``--tasks``, ``--methods``) elsewhere.
+combines studies run in parts (``--tasks``, ``--methods``), on one machine
+or several: the runs of a seed see the same data, start and batch order
+wherever they run, so the parts pair by seed.
 
 Example (seconds; the full study is the default)::
 
   python -m gradreg_optax.experiments.benchmark --quick --out /tmp/bench
+
+In parts, then merged::
+
+  python -m gradreg_optax.experiments.benchmark --tasks mnist1d-cnn \
+      --methods sgd adamw sgd:budget=2 --out parts/mnist1d-cnn-1
+  ...
+  python -m gradreg_optax.experiments.benchmark --merge parts/*.json \
+      --out docs/results/benchmark --figure docs/figures/benchmark.png
 """
 
 from __future__ import annotations
@@ -203,7 +213,8 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
         if ref is not None and r["spec"] != REFERENCE:
           r["vs_sgd"] = stats.paired(r["test"], ref["test"]).as_dict()
         matched = _matched(units, r["gradients"])
-        if (matched is not None and matched != r["spec"]
+        # A method as cheap as SGD is compared with SGD once (vs_sgd).
+        if (matched not in (None, REFERENCE)
             and units[r["spec"]]["method"] != "sgd"):
           r["matched"] = matched
           r["vs_matched"] = stats.paired(r["test"],
@@ -352,8 +363,10 @@ def plot(result: dict[str, Any], path: str) -> None:
 
   tasks = list(result["tasks"])
   noise = result["protocol"]["noise"]
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(len(tasks), 2 * len(noise), squeeze=False,
-                           figsize=(3.3 * 2 * len(noise), 3.0 * len(tasks)))
+                           figsize=(max(3.3 * 2 * len(noise), 9),
+                                    3.0 * len(tasks) + 1))
   specs = list(dict.fromkeys(r["spec"] for r in result["summary"]))
   markers = "osD^v<>pPX*hH8d"
   for ti, task in enumerate(tasks):
@@ -373,12 +386,15 @@ def plot(result: dict[str, Any], path: str) -> None:
         if on:
           ax.plot(*zip(*on), "k--", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
         ax.set(title=f"{task}, {100 * rate:g} % noise", xlabel=(
             "gradient evaluations / SGD run" if kind == "gradients"
             else "wall time / SGD run"),
                ylabel="test accuracy (%)" if ki == ni == 0 else None)
-  fig.legend(loc="lower center", ncol=min(len(specs), 8), fontsize=7)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
+  fig.legend(loc="lower center", ncol=min(len(specs), 5), fontsize=7)
+  fig.tight_layout(rect=(0, 0.04 + 0.04 * math.ceil(len(specs) / 5)
+                         / len(tasks), 1, 1))
   _report.save_figure(fig, path)
 
 
@@ -459,8 +475,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
       parser.error(f"argument --methods: {text}: {e}")
   if REFERENCE not in [s.text for s in specs] and not args.merge:
-    parser.error(f"argument --methods: {REFERENCE!r} is needed as the "
-                 "reference")
+    _cli.warn(f"{REFERENCE!r} is not among --methods: the paired "
+              "comparisons need a study that has it (--out of one that "
+              "does, or --merge with one)")
   for flag, path in (("--out", args.out and args.out + ".json"),
                      ("--figure", args.figure)):
     if path:
@@ -475,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       result = merge(parts)
     except (OSError, ValueError, KeyError) as e:
       parser.error(f"argument --merge: {e}")
+    result["commands"].append(command)
     if args.out:
       save(args.out, result)
   else:
