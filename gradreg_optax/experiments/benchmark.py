@@ -297,9 +297,8 @@ def findings(result: dict[str, Any]) -> str:
     out.append(f"Against {what} ({n} comparisons, Holm at {LEVEL:g}): "
                + ("none significant." if not sig else "; ".join(
                    f"{r['task']} {100 * r['noise']:g} % {r['label']} "
-                   f"{100 * r[key]['mean']:+.2f} points [{100 * r[key]['low']:+.2f}, "
-                   f"{100 * r[key]['high']:+.2f}], p_holm {r[key]['p_holm']:.2g}"
-                   for r in sig) + "."))
+                   f"{stats.Difference.from_dict(r[key]).text(100)} points, "
+                   f"p_holm {r[key]['p_holm']:.2g}" for r in sig) + "."))
   return "\n".join(out)
 
 

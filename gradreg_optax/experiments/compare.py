@@ -11,7 +11,6 @@ products in the compiled step, which does not depend on the machine).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -205,7 +204,7 @@ def conclusion(summary: dict[str, Any]) -> str:
   n = len(summary["seeds"])
   if n < 2:
     return ("With one seed the table cannot separate the methods' accuracy "
-            f"from seed noise; run --seeds 3 or more.")
+            "from seed noise; run --seeds 3 or more.")
   out = [r for r in rows if abs(r["paired_difference_mean"])
          > r["paired_difference_std"]]
   head = (f"Against {ref['label']} ({100 * ref['test_accuracy_mean']:.2f} ± "

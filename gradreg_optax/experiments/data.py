@@ -111,7 +111,8 @@ def load_mnist1d(num_train: int = MNIST1D_TRAIN,
   path = os.path.join(cache_dir(), name)
   if not os.path.exists(path):
     try:
-      from mnist1d import data as mnist1d_data  # pylint: disable=import-outside-toplevel
+      # pylint: disable-next=import-outside-toplevel
+      from mnist1d import data as mnist1d_data
     except ImportError:
       raise FileNotFoundError(
           f"MNIST-1D: {path} is not cached and the mnist1d package is not "
