@@ -8,6 +8,11 @@ B-GR, GR by jvp, SAM, the gradient-norm penalty and flooding
 hyperparameter chosen on a noisy validation split, with a paired comparison
 against SGD.
 
+Its protocol tunes each method's own hyperparameter only, with SGD's
+learning rate fixed and no early stopping; the comparison that gives every
+method, SGD and AdamW included, the same tuning budget and early stopping is
+:mod:`~gradreg_optax.experiments.benchmark`.
+
 Protocol, per seed ``s`` (the same for every method, so that differences are
 paired):
 
