@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import sys
 
 import chex
 import jax
@@ -120,3 +121,36 @@ def test_batches_cover_a_permutation(drop_remainder):
   if not drop_remainder:
     np.testing.assert_array_equal(np.sort(seen), y)
   assert seen.tolist() != sorted(seen.tolist())  # shuffled
+
+
+def test_mnist1d_is_generated_once_then_read_from_the_cache(tmp_path,
+                                                            monkeypatch):
+  pytest.importorskip("mnist1d")
+  monkeypatch.setenv("GRADREG_OPTAX_CACHE", str(tmp_path))
+  assert data.cache_dir() == str(tmp_path)
+  d = data.load_mnist1d(num_train=60, num_test=40, seed=3)
+  assert d.x_train.shape == (60, 40, 1) and d.x_test.shape == (40, 40, 1)
+  assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+  assert set(np.unique(np.concatenate([d.y_train, d.y_test]))) <= set(
+      range(10)) and d.num_classes == 10 and d.name == "mnist1d"
+  assert os.listdir(tmp_path) == ["mnist1d_60_40_3.npz"]
+  # Generated as the package generates it, split after num_train.
+  from mnist1d import data as reference
+  args = reference.get_dataset_args()
+  args.num_samples, args.seed = 100, 3
+  ref = reference.make_dataset(args)
+  np.testing.assert_allclose(
+      np.concatenate([d.x_train, d.x_test])[..., 0],
+      np.concatenate([ref["x"], ref["x_test"]]), rtol=1e-6)
+  # A machine without the package reads the cached copy.
+  monkeypatch.setitem(sys.modules, "mnist1d", None)
+  again = data.load_mnist1d(num_train=60, num_test=40, seed=3)
+  np.testing.assert_array_equal(again.x_test, d.x_test)
+  with pytest.raises(FileNotFoundError, match="GRADREG_OPTAX_CACHE"):
+    data.load_mnist1d(num_train=60, num_test=40, seed=4)
+
+
+def test_cache_dir_defaults_under_the_user_cache(monkeypatch, tmp_path):
+  monkeypatch.delenv("GRADREG_OPTAX_CACHE", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert data.cache_dir() == os.path.join(str(tmp_path), "gradreg_optax")

@@ -33,7 +33,7 @@ def test_grid_search_values(digits):
                     digits)["final_test_accuracy"]
   assert acc[1, 1, 1] == one
   np.testing.assert_allclose(r["mean"], acc.mean(-1), rtol=1e-12)
-  np.testing.assert_allclose(r["std"], acc.std(-1), rtol=1e-12)
+  np.testing.assert_allclose(r["std"], acc.std(-1, ddof=1), rtol=1e-12)
 
 
 def test_table_marks_diverged_cells():
@@ -42,6 +42,8 @@ def test_table_marks_diverged_cells():
   lines = grid.table(r).splitlines()
   assert lines[2] == "| 0 | 50.00 ± 1.00 |"
   assert lines[3] == "| 0.1 | diverged |"
+  r["std"] = [[None], [None]]  # one seed: no spread
+  assert grid.table(r).splitlines()[2] == "| 0 | 50.00 ± n/a |"
 
 
 def test_main_writes_json_table_and_heatmap(tmp_path, capsys):

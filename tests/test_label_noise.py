@@ -88,9 +88,17 @@ def test_summary_chooses_on_validation_and_pairs_by_seed():
   np.testing.assert_allclose(p["t"], 0.02 / (0.01 / math.sqrt(3)))
   assert (p["better"], p["equal"], p["worse"]) == (3, 0, 0)
   assert p["exceeds_seed_spread"]
+  # The 95 % t interval (t_{0.975, 2} = 4.303) and the p-value (0.074),
+  # Holm-adjusted over the one comparison.
+  half = 4.3027 * 0.01 / math.sqrt(3)
+  np.testing.assert_allclose([p["low"], p["high"]], [0.02 - half,
+                                                     0.02 + half], rtol=1e-4)
+  np.testing.assert_allclose([p["p"], p["p_holm"]], 0.0742, atol=1e-4)
   np.testing.assert_allclose(sam_row["test_accuracy_std"],
                              np.std([0.82, 0.93, 0.71], ddof=1))
-  assert "sam" in label_noise.verdict({"summary": [sgd_row, sam_row]}).lower()
+  text = label_noise.verdict({"summary": [sgd_row, sam_row]})
+  assert "SAM (rho=0.1) − SGD: +2.00 [-0.48, +4.48] points, Holm p 0.074" in (
+      text)
 
 
 def test_smallest_study_writes_json_and_markdown(tmp_path, capsys):

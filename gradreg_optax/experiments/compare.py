@@ -11,7 +11,6 @@ products in the compiled step, which does not depend on the machine).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -23,6 +22,8 @@ import numpy as np
 
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
+from gradreg_optax.experiments import spec as spec_lib
+from gradreg_optax.experiments import stats
 from gradreg_optax.experiments import train as train_lib
 
 # Method specs ``name[:option=value,...]``; the hyperparameters are the
@@ -37,29 +38,26 @@ Entry = tuple[str, str, dict[str, Any]]  # (label, method, Config overrides)
 def parse_spec(spec: str) -> Entry:
   """``"sam:rho=0.1,every_k=2"`` -> ``(spec, "sam", {"rho": 0.1, ...})``.
 
-  Options are :class:`~gradreg_optax.experiments.train.Config` fields or the
-  registry's hyperparameter names (``b`` for ``flood``).
+  The grammar of :mod:`~gradreg_optax.experiments.spec`, with fixed values
+  only (this comparison does not tune); the overrides are
+  :class:`~gradreg_optax.experiments.train.Config` fields.
 
   Raises:
     ValueError: naming what is wrong with ``spec``.
   """
-  method, _, options = spec.partition(":")
-  if method not in train_lib.METHODS:
-    raise ValueError(f"unknown method {method!r} in {spec!r}; expected one "
-                     f"of {', '.join(train_lib.METHODS)}")
+  parsed = spec_lib.parse(spec)
+  if parsed.ranges or parsed.budget != 1 or parsed.optimizer != "sgd" or (
+      set(parsed.fixed) & set(spec_lib.BASE)):
+    raise ValueError(f"expected name=value with a hyperparameter or every_k "
+                     f"in {spec!r} (no ranges, budget, opt, lr or wd here)")
   fields = {f.name for f in dataclasses.fields(train_lib.Config)}
-  overrides = {}
-  for item in filter(None, options.split(",")):
-    key, eq, value = item.partition("=")
-    key = train_lib.HYPERPARAMETER_FIELDS.get(key, key)
-    if not eq or key not in fields or key in ("method", "seed"):
-      raise ValueError(f"expected name=value with a hyperparameter or "
-                       f"every_k in {spec!r}, got {item!r}")
-    try:
-      overrides[key] = int(value) if key == "every_k" else float(value)
-    except ValueError:
-      raise ValueError(f"{item!r} in {spec!r} is not a number") from None
-  return spec, method, overrides
+  overrides: dict[str, Any] = {}
+  for name, value in parsed.fixed.items():
+    field = name if name in fields else train_lib.HYPERPARAMETER_FIELDS[name]
+    overrides[field] = value
+  if parsed.every_k != 1:
+    overrides["every_k"] = parsed.every_k
+  return spec, parsed.method, overrides
 
 
 def _hyperparameters(config: train_lib.Config) -> str:
@@ -150,7 +148,7 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
     rows.append({"label": label, "method": method,
                  "hyperparameters": _hyperparameters(config),
                  "test_accuracy_mean": float(np.mean(accs)),
-                 "test_accuracy_std": float(np.std(accs)),
+                 "test_accuracy_std": stats.std(accs),
                  "test_accuracies": accs,
                  "step_time_median_s": float(np.median(times)),
                  "step_matmuls": matmuls})
@@ -162,9 +160,10 @@ def compare(base: train_lib.Config, seeds: Sequence[int],
     row["step_time_median_s"] = step_times[row["label"]]
   ref = rows[0]
   for row in rows:
-    diff = np.subtract(row["test_accuracies"], ref["test_accuracies"])
-    row["paired_difference_mean"] = float(diff.mean())
-    row["paired_difference_std"] = float(diff.std())
+    d = stats.paired(row["test_accuracies"], ref["test_accuracies"])
+    row["paired_difference"] = d.as_dict()
+    row["paired_difference_mean"] = d.mean
+    row["paired_difference_std"] = d.std
   batch_size = min(base.batch_size, len(data.x_train))
   for row in rows:
     row["time_ratio"] = row["step_time_median_s"] / ref["step_time_median_s"]
@@ -190,8 +189,7 @@ def table(summary: dict[str, Any]) -> str:
               if row["matmul_ratio"] is not None else "n/a")
     lines.append(
         f"| {row['label']} | {row['hyperparameters'] or '-'} | "
-        f"{100 * row['test_accuracy_mean']:.2f} ± "
-        f"{100 * row['test_accuracy_std']:.2f} % | "
+        f"{stats.mean_std_text(row['test_accuracies'])} % | "
         f"{row['time_ratio']:.2f} | {row['images_per_s']:.0f} | {matmul} |")
   return "\n".join(lines)
 
@@ -206,12 +204,12 @@ def conclusion(summary: dict[str, Any]) -> str:
   n = len(summary["seeds"])
   if n < 2:
     return ("With one seed the table cannot separate the methods' accuracy "
-            f"from seed noise; run --seeds 3 or more.")
+            "from seed noise; run --seeds 3 or more.")
   out = [r for r in rows if abs(r["paired_difference_mean"])
          > r["paired_difference_std"]]
   head = (f"Against {ref['label']} ({100 * ref['test_accuracy_mean']:.2f} ± "
-          f"{100 * ref['test_accuracy_std']:.2f} %, {n} seeds, paired by "
-          "seed): ")
+          f"{100 * (ref['test_accuracy_std'] or 0):.2f} %, {n} seeds, paired "
+          "by seed): ")
   if not out:
     return head + ("every method is within the seed spread, so this table "
                    "shows no difference in accuracy between them; only "
@@ -237,10 +235,10 @@ def plot(summary: dict[str, Any], path: str) -> None:
   y = np.arange(len(rows))
   fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.5),
                            sharey=True)
-  axes[0].barh(y, [100 * r["test_accuracy_mean"] for r in rows],
-               xerr=[100 * r["test_accuracy_std"] for r in rows], color="C0")
-  lo = min(100 * (r["test_accuracy_mean"] - r["test_accuracy_std"])
-           for r in rows)
+  spread = [100 * (r["test_accuracy_std"] or 0) for r in rows]
+  axes[0].barh(y, [100 * r["test_accuracy_mean"] for r in rows], xerr=spread,
+               color="C0")
+  lo = min(100 * r["test_accuracy_mean"] - s for r, s in zip(rows, spread))
   axes[0].set(xlabel="test accuracy (%)", xlim=(max(lo - 1, 0), 100))
   axes[1].barh(y - 0.2, [r["time_ratio"] for r in rows], 0.4,
                label="wall-clock", color="C1")

@@ -20,6 +20,7 @@ import numpy as np
 
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
+from gradreg_optax.experiments import stats
 from gradreg_optax.experiments import train as train_lib
 
 GAMMAS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -34,8 +35,9 @@ def grid_search(base: train_lib.Config, gammas: Sequence[float],
 
   Returns:
     A dict with ``accuracy`` of shape ``(len(gammas), len(epsilons),
-    len(seeds))`` (nested lists; NaN where training diverged), its ``mean``
-    and ``std`` over seeds, and the grid.
+    len(seeds))`` (nested lists; None where training diverged), its ``mean``
+    and sample ``std`` over the seeds that did not diverge (None where none
+    did, or, for ``std``, fewer than two), and the grid.
   """
   data = dataset if dataset is not None else train_lib.load_data(base)
   acc = np.full((len(gammas), len(epsilons), len(seeds)), np.nan)
@@ -53,9 +55,13 @@ def grid_search(base: train_lib.Config, gammas: Sequence[float],
         if verbose:
           print(f"  gamma={gamma:g} eps={eps:g} seed={seed}: "
                 f"{acc[i, j, k]:.4f}", file=sys.stderr, flush=True)
-  with np.errstate(invalid="ignore"):
-    mean = np.nanmean(acc, -1) if np.isfinite(acc).any() else acc.mean(-1)
-    std = np.nanstd(acc, -1) if np.isfinite(acc).any() else acc.std(-1)
+  # Over the seeds that did not diverge; the spread is stats.std's (ddof=1,
+  # None for fewer than two seeds).
+  finite = lambda v: v[np.isfinite(v)]
+  mean = np.array([[finite(v).mean() if finite(v).size else np.nan
+                    for v in row] for row in acc])
+  std = np.array([[np.nan if stats.std(finite(v)) is None
+                   else stats.std(finite(v)) for v in row] for row in acc])
   tolist = lambda a: [[None if not np.isfinite(v) else float(v) for v in row]
                       for row in a]
   return {"dataset": data.name, "real_data": data.name != "synthetic",
@@ -71,7 +77,8 @@ def table(result: dict[str, Any]) -> str:
   lines = [head + " |", "|---" * (len(result["epsilons"]) + 1) + "|"]
   for gamma, means, stds in zip(result["gammas"], result["mean"],
                                 result["std"]):
-    cells = ["diverged" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
+    cells = ["diverged" if m is None else f"{100 * m:.2f} ± "
+             + ("n/a" if s is None else f"{100 * s:.2f}")
              for m, s in zip(means, stds)]
     lines.append(f"| {gamma:g} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -138,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   kind = "real data" if result["real_data"] else "SYNTHETIC data"
   text = (f"{result['method']} on {result['dataset']} ({kind}), model "
           f"{base.model}, {base.epochs} epochs; test accuracy (%), mean ± std "
-          f"over {args.seeds} seeds\n\n" + table(result))
+          f"(ddof=1) over {args.seeds} seeds\n\n" + table(result))
   _report.publish(result, text, args.out, args.figure, heatmap)
   return result
 

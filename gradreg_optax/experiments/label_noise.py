@@ -8,6 +8,11 @@ B-GR, GR by jvp, SAM, the gradient-norm penalty and flooding
 hyperparameter chosen on a noisy validation split, with a paired comparison
 against SGD.
 
+Its protocol tunes each method's own hyperparameter only, with SGD's
+learning rate fixed and no early stopping; the comparison that gives every
+method, SGD and AdamW included, the same tuning budget and early stopping is
+:mod:`~gradreg_optax.experiments.benchmark`.
+
 Protocol, per seed ``s`` (the same for every method, so that differences are
 paired):
 
@@ -53,7 +58,11 @@ import gradreg_optax as gro
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data as data_lib
+from gradreg_optax.experiments import harness
 from gradreg_optax.experiments import models
+from gradreg_optax.experiments import spec as spec_lib
+from gradreg_optax.experiments import stats
+from gradreg_optax.experiments.harness import split, symmetric_label_noise
 
 MODULE = "gradreg_optax.experiments.label_noise"
 
@@ -73,59 +82,6 @@ GRIDS: dict[str, tuple[str | None, tuple[float, ...]]] = {
     "flooding": ("b", (0.1, 0.4, 1.0)),
 }
 MODELS = ("cnn", "mlp")
-
-
-def symmetric_label_noise(labels: np.ndarray, rate: float, num_classes: int,
-                          seed: int) -> np.ndarray:
-  """Replaces each label, with probability ``rate``, by another class.
-
-  The convention is the "other class" one: a corrupted label is drawn
-  uniformly from the ``num_classes - 1`` classes different from the true one,
-  so exactly the corrupted labels are wrong and the expected share of wrong
-  labels is ``rate``. (The other common convention draws from all classes,
-  which leaves ``rate / num_classes`` of the corrupted labels right.)
-
-  The draws depend only on ``seed`` and the number of labels, not on
-  ``rate``: label ``i`` is corrupted when ``u_i < rate`` for a uniform
-  ``u_i``, so the labels corrupted at a lower rate are also corrupted, to
-  the same class, at a higher one.
-
-  Args:
-    labels: integer class labels in ``[0, num_classes)``.
-    rate: probability of corrupting each label, in ``[0, 1]``.
-    num_classes: the number of classes (at least 2).
-    seed: seed of the draws.
-
-  Returns:
-    The noisy labels, same shape and dtype; ``labels`` is not modified.
-
-  Example:
-    >>> import numpy as np
-    >>> y = np.zeros(10000, np.int32)
-    >>> noisy = symmetric_label_noise(y, 0.4, 10, seed=0)
-    >>> round(float(np.mean(noisy != y)), 2), int(noisy.max())
-    (0.4, 9)
-  """
-  labels = np.asarray(labels)
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"symmetric_label_noise: `rate` must be in [0, 1], got "
-                     f"{rate!r}.")
-  if num_classes < 2:
-    raise ValueError(f"symmetric_label_noise: `num_classes` must be >= 2, "
-                     f"got {num_classes!r}.")
-  rng = np.random.default_rng(seed)
-  u = rng.random(labels.shape)
-  offset = rng.integers(1, num_classes, labels.shape)
-  corrupted = (labels + offset) % num_classes
-  return np.where(u < rate, corrupted, labels).astype(labels.dtype)
-
-
-def split(num: int, val_fraction: float, seed: int
-          ) -> tuple[np.ndarray, np.ndarray]:
-  """A seeded random split of ``range(num)`` into training and validation."""
-  order = np.random.default_rng(seed).permutation(num)
-  num_val = int(round(val_fraction * num))
-  return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
 class NoisyDigits(NamedTuple):
@@ -210,7 +166,8 @@ def make_trainer(model: Any, method: str, config: Config, num_train: int
           labels, hyper):
     init_key, shuffle_key = keys
     params = model.init(init_key, x_pool[:1])["params"]
-    reg = gro.METHODS[method](loss_fn, **({name: hyper} if name else {}))
+    reg = harness.build(spec_lib.parse(method), loss_fn,
+                        {name: hyper} if name else {})
     tx = optax.chain(reg.tx, optax.sgd(
         optax.cosine_decay_schedule(config.learning_rate, total_steps),
         momentum=config.momentum))
@@ -324,7 +281,8 @@ def run_study(config: Config, *, command: str = "",
 
 
 def _std(x: np.ndarray) -> float:
-  return float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+  s = stats.std(x)
+  return float("nan") if s is None else s
 
 
 def summarize(runs: Sequence[dict[str, Any]], config: Config
@@ -337,7 +295,10 @@ def summarize(runs: Sequence[dict[str, Any]], config: Config
   standard deviations over seeds (``ddof=1``). The paired difference is
   ``test accuracy(method) - test accuracy(SGD)`` per seed; it "exceeds the
   seed spread" when its mean's magnitude exceeds its standard deviation; the
-  paired t statistic is ``mean / (std / sqrt(n))``.
+  paired t statistic is ``mean / (std / sqrt(n))``, with its 95 % interval
+  (``low``, ``high``), p-value and Holm-adjusted p-value over every
+  comparison of the summary (:func:`~gradreg_optax.experiments.stats.paired`,
+  :func:`~gradreg_optax.experiments.stats.holm`).
   """
   summary = []
   for model_name in config.models:
@@ -381,19 +342,19 @@ def summarize(runs: Sequence[dict[str, Any]], config: Config
                  and r["hyperparameter"] == hyper])),
         }
         if sgd is not None and method != "sgd":
-          diff = test - sgd
-          std = _std(diff)
+          d = stats.paired(test, sgd)
           row["paired"] = {
-              "differences": diff.tolist(),
-              "mean": float(np.mean(diff)), "std": std,
-              "better": int(np.sum(diff > 0)), "worse": int(np.sum(diff < 0)),
-              "equal": int(np.sum(diff == 0)),
-              "t": (float(np.mean(diff) / (std / math.sqrt(len(diff))))
-                    if std and std == std else float("nan")),
-              "exceeds_seed_spread": bool(std == std
-                                          and abs(np.mean(diff)) > std),
+              **d.as_dict(),
+              "std": float("nan") if d.std is None else d.std,
+              "t": (d.mean / (d.std / math.sqrt(d.n))
+                    if d.std else float("nan")),
+              "exceeds_seed_spread": bool(d.std is not None
+                                          and abs(d.mean) > d.std),
           }
         summary.append(row)
+  family = [r["paired"] for r in summary if "paired" in r]
+  for p, adjusted in zip(family, stats.holm([p["p"] for p in family])):
+    p["p_holm"] = adjusted
   return summary
 
 
@@ -435,20 +396,21 @@ def table(result: dict[str, Any]) -> str:
 
 
 def verdict(result: dict[str, Any]) -> str:
-  """One sentence per difference to SGD that exceeds the seed spread."""
-  beyond = [r for r in result["summary"]
-            if r.get("paired", {}).get("exceeds_seed_spread")]
-  if not beyond:
-    return ("No method's paired difference to SGD exceeds its seed spread "
-            "(|mean| > std over seeds) in any cell.")
-  return "\n".join(
-      f"- {r['model']}, {100 * r['noise']:g} % noise: {r['label']} "
-      f"({_hyper_text(r['hyperparameter'])}) "
-      f"{'above' if r['paired']['mean'] > 0 else 'below'} SGD by "
-      f"{100 * abs(r['paired']['mean']):.2f} points (std of the difference "
-      f"{100 * r['paired']['std']:.2f}, {r['paired']['better']} of "
-      f"{len(r['seeds'])} seeds better, t = {r['paired']['t']:+.1f})"
-      for r in beyond)
+  """Each difference to SGD with its 95 % interval and Holm-adjusted p."""
+  rows = [r for r in result["summary"] if "paired" in r]
+  if not rows:
+    return "No comparison with SGD (run with sgd among --methods)."
+  lines = []
+  for r in rows:
+    d = stats.Difference.from_dict(r["paired"])
+    holm = r["paired"].get("p_holm")
+    lines.append(
+        f"- {r['model']}, {100 * r['noise']:g} % noise: {r['label']} "
+        f"({_hyper_text(r['hyperparameter'])}) − SGD: {d.text(100)} points, "
+        f"Holm p {'n/a' if holm is None else f'{holm:.2g}'}"
+        + (" (significant at 5 %)" if holm is not None and holm < 0.05
+           else ""))
+  return "\n".join(lines)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -464,8 +426,8 @@ def report(result: dict[str, Any]) -> str:
       f"std over seeds with ddof=1; seeds completed: "
       f"{result['seeds_completed']} of {c['seeds']}; {result['device']}, "
       f"{result['wall_s']:.0f} s\n\n" + table(result)
-      + "\n\nDifferences to SGD beyond the seed spread (|mean| > std of the "
-      "paired difference):\n" + verdict(result)
+      + "\n\nPaired differences to SGD (mean [95 % t interval], Holm's "
+      "correction over the comparisons above):\n" + verdict(result)
       + "\n\n'memorized': share of the corrupted training labels the final "
       "model predicts.")
 

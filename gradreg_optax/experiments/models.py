@@ -65,6 +65,34 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+class CNN1D(nn.Module):
+  """1-D convolutions (stride 2, ReLU), then a dense classifier.
+
+  For signals of shape ``(N, length, channels)`` such as MNIST-1D's; the
+  defaults follow the shape of its authors' CNN (three strided convolutions,
+  kernel 5 then 3, about 25 channels).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = CNN1D(num_classes=10)
+    >>> variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 40, 1)))
+    >>> model.apply(variables, jnp.ones((2, 40, 1))).shape
+    (2, 10)
+  """
+
+  features: Sequence[int] = (32, 32, 32)
+  kernels: Sequence[int] = (5, 3, 3)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train
+    for f, k in zip(self.features, self.kernels):
+      x = nn.relu(nn.Conv(f, (k,), strides=(2,))(x))
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(self.num_classes)(x)
+
+
 class _BasicBlock(nn.Module):
   features: int
   strides: int = 1
