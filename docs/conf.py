@@ -65,6 +65,12 @@ def api_entries(names) -> list[str]:
     obj = getattr(gradreg_optax, name)
     if inspect.ismodule(obj):
       lines += [f".. automodule:: {obj.__name__}", "   :members:"]
+      # Its members that are public names of the package are documented
+      # under those names.
+      shared = sorted(n for n in names if n in vars(obj)
+                      and getattr(obj, n) is getattr(gradreg_optax, n))
+      if shared:
+        lines += ["   :exclude-members: " + ", ".join(shared)]
     elif inspect.isclass(obj):
       lines += [f".. autoclass:: gradreg_optax.{name}", "   :members:"]
       if hasattr(obj, "_fields"):  # a NamedTuple: its docstring lists them

@@ -571,7 +571,10 @@ def metrics(opt_state: optax.OptState) -> Metrics:
   state = find_one("gradreg_optax.metrics", opt_state, RegularizerState,
                    "transformation of gradreg_optax")
   # `x[...]` reads arrays and, in an nnx.Optimizer's state, their variables.
-  return jax.tree.map(lambda x: x[...], state.metrics)
+  # Anything but the containers of Metrics is a leaf: an nnx.Variable is
+  # read, not walked into.
+  return jax.tree.map(lambda x: x[...], state.metrics, is_leaf=lambda x: not
+                      isinstance(x, (tuple, dict)))
 
 
 def find_one(where: str, tree: Any, kind: type, what: str) -> Any:
