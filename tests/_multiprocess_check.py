@@ -82,7 +82,11 @@ def make_step(tx):
 
 
 def _metrics(state):
-  return {k: float(v) for k, v in gro.metrics(state)._asdict().items()}
+  m = gro.metrics(state)
+  return {**{k: float(v) for k, v in m._asdict().items()
+             if k != "hyperparameters"},
+          **{f"hyperparameters/{k}": float(v)
+             for k, v in m.hyperparameters.items()}}
 
 
 def _lists(tree):
