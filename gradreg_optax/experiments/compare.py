@@ -250,7 +250,7 @@ def plot(summary: dict[str, Any], path: str) -> None:
   axes[0].invert_yaxis()
   fig.suptitle(f"{summary['dataset']} ({summary['config']['model']}), "
                f"{len(summary['seeds'])} seeds, "
-               f"{summary['config']['epochs']} epochs")
+               f"{_cli.plural(summary['config']['epochs'], 'epoch')}")
   fig.tight_layout()
   _report.save_figure(fig, path)
 
@@ -292,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   verbose = not args.quiet
   if verbose:
     print(f"comparing {len(entries)} methods x {args.seeds} seeds = "
-          f"{len(entries) * args.seeds} runs of {base.epochs} epochs "
+          f"{len(entries) * args.seeds} runs of "
+          f"{_cli.plural(base.epochs, 'epoch')} "
           f"({base.model} on {data.name}), then timing every method's step",
           file=sys.stderr, flush=True)
 
@@ -305,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   summary["conclusion"] = conclusion(summary)
   kind = "real data" if summary["real_data"] else "SYNTHETIC data"
   text = (f"{summary['dataset']} ({kind}), model {base.model}, "
-          f"{base.epochs} epochs, batch {base.batch_size}, SGD momentum "
+          f"{_cli.plural(base.epochs, 'epoch')}, batch {base.batch_size}, "
+          "SGD momentum "
           f"{base.momentum}, {base.schedule} lr from {base.learning_rate}, "
           f"weight decay {base.weight_decay}\n\n" + table(summary)
           + f"\n\nstep time: median wall clock per jitted step on "
