@@ -35,6 +35,12 @@ def _outside(spec):
 CASES = [(name, h) for name, m in gro.METHODS.items() if m.transforms
          for h, spec in m.hyperparameters.items()
          if _outside(spec) is not None]
+# The run-time checks compile a step each: in the default run, one
+# hyperparameter of every method; every one under `-m slow`.
+_FIRST = {name: h for name, h in reversed(CASES)}
+RUNTIME_CASES = [case if _FIRST[case[0]] == case[1]
+                 else pytest.param(*case, marks=pytest.mark.slow)
+                 for case in CASES]
 
 
 def _build(name, **hyper):
@@ -81,7 +87,7 @@ def test_a_schedule_outside_the_domain_at_step_0_is_refused(name, hyper):
     _build(name, **{hyper: optax.constant_schedule(bad)})
 
 
-@pytest.mark.parametrize("name,hyper", CASES)
+@pytest.mark.parametrize("name,hyper", RUNTIME_CASES)
 def test_a_schedule_leaving_the_domain_gives_a_nan_step_that_is_skipped(
     name, hyper):
   spec = gro.METHODS[name].hyperparameters[hyper]
@@ -102,7 +108,7 @@ def _one_step(name):
   return _run(_build(name), 1)[0]
 
 
-@pytest.mark.parametrize("name,hyper", CASES)
+@pytest.mark.parametrize("name,hyper", RUNTIME_CASES)
 @pytest.mark.parametrize("init_under_jit", [False, True])
 def test_an_injected_value_outside_the_domain_gives_a_nan_step(
     name, hyper, init_under_jit):
