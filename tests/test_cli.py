@@ -182,11 +182,15 @@ def test_a_method_added_to_the_registry_gets_its_flags_without_edits():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.split(": error: ")[1].startswith(expected), bad.stderr
   help_ = " ".join(run("--help").stdout.split())
-  assert ("--gamma GAMMA strength of the penalty (gamma/2)||grad L||^2, a "
-          "number >= 0 (forward, backward, central, double_backprop, jvp; "
-          "default: 0.05); weight of the part, a number in [0, 1) (weighted; "
-          "default: 0.5)") in help_
-  assert "--theta THETA mixing weight, a number in (0, 1]" in help_
+  gamma_help = help_.split("--gamma GAMMA ")[1].split(" --eps EPS")[0]
+  assert gamma_help.startswith(
+      "strength of the penalty (gamma/2)||grad L||^2, a number >= 0 (forward, "
+      "backward, central, double_backprop, jvp; default: 0.05); ")
+  assert gamma_help.endswith(
+      "; weight of the part, a number in [0, 1) (weighted; default: 0.5)")
+  theta_help = help_.split("--theta THETA ")[1].split(" --eta ETA")[0]
+  assert theta_help.endswith(
+      "; mixing weight, a number in (0, 1] (weighted; default: 0.1)")
 
 
 @pytest.mark.parametrize("main,argv,purpose", [
