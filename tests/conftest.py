@@ -1,10 +1,24 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
+import jax
 import pytest
 
 # The tests import helpers from this folder (tests/_models.py).
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Many tests compile the same programs (the same model, method and shapes in
+# another test); a compilation cache for this run compiles each once. It
+# holds XLA's executables themselves, so what runs is what a fresh
+# compilation gives.
+_CACHE = tempfile.mkdtemp(prefix="gradreg-optax-tests-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # The SAM family beyond SAM itself is tested in full by its own files
 # (test_sam_family.py, test_registry.py, test_method.py); the tests that run

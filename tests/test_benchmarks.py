@@ -42,7 +42,9 @@ def test_library_and_hand_steps_agree_on_an_mlp(method):
   _agree(common.mlp_problem(3, 32, 16), method, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["forward", "jvp", common.PENALIZED_LOSS])
+@pytest.mark.parametrize("method", [
+    "forward", pytest.param("jvp", marks=pytest.mark.slow),
+    pytest.param(common.PENALIZED_LOSS, marks=pytest.mark.slow)])
 def test_library_and_hand_steps_agree_on_a_resnet_with_batchnorm(method):
   problem = common.resnet_problem(4, width=4, input_shape=(8, 8, 3),
                                  stages=(1, 1))

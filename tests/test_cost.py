@@ -122,7 +122,8 @@ def expected(method, depth):
   return (1 + gro.METHODS[method].extra_gradients) * sgd
 
 
-@pytest.mark.parametrize("depth", [2, 4, 8])
+@pytest.mark.parametrize("depth", [
+    2, 4, pytest.param(8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["sgd"] + sorted(
     name for name, m in gro.METHODS.items() if m.transforms))
 def test_mlp_step_matmul_counts(method, depth):

@@ -56,9 +56,18 @@ def resnet18():
 MEMORY_GAPS = {("mlp", "friendly_sam")}
 
 
-@pytest.mark.parametrize("method", common.LIBRARY_METHODS)
-@pytest.mark.parametrize("model", [
-    "mlp", "resnet", pytest.param("resnet18", marks=pytest.mark.slow)])
+# On the small ResNet the default run keeps one method of each kind (an extra
+# gradient, a normalized perturbation, a second-order product); the others,
+# and ResNet-18, run under `-m slow`.
+RESNET_DEFAULT = ("forward", "sam", "double_backprop")
+
+
+@pytest.mark.parametrize("model,method", [
+    *[("mlp", m) for m in common.LIBRARY_METHODS],
+    *[pytest.param("resnet", m, marks=[] if m in RESNET_DEFAULT
+                   else pytest.mark.slow) for m in common.LIBRARY_METHODS],
+    *[pytest.param("resnet18", m, marks=pytest.mark.slow)
+      for m in common.LIBRARY_METHODS]])
 def test_library_step_needs_no_more_memory_than_hand_written(method, model,
                                                              request):
   if (model, method) in MEMORY_GAPS:

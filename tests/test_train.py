@@ -244,6 +244,7 @@ def test_model_width_defaults_per_model(model, width, expected):
     assert n == expected
 
 
+@pytest.mark.slow
 def test_resnet18_trains_with_batchnorm():
   ds, cfg = _tiny_resnet()
   r, state = train.train(dataclasses.replace(cfg, method="forward"), ds,
