@@ -19,7 +19,8 @@ The package, room by room (data flows down this list, never up):
   own module (``gsam``, ``wsam``, ``friendly_sam``, ``vasso``,
   ``fisher_sam``; ``sam_on``, the mask :func:`normalization_layers`),
   ``losses`` (flooding, IGR);
-* the wrappers and adapters: ``amortized`` (:func:`amortized`),
+* the wrappers and adapters: ``amortized`` (:func:`amortized`,
+  :func:`amortized_step`, :func:`amortized_scan`),
   ``flax_utils`` (:func:`nnx_step`, :func:`apply_gradients`);
 * the registry of every method by name: ``registry`` (:data:`METHODS`);
 * the analysis tools: ``cost``, ``flatness``, ``dln``; and ``experiments``,
@@ -35,6 +36,7 @@ from gradreg_optax._transform import RegularizerState
 from gradreg_optax._transform import metrics
 from gradreg_optax.amortized import AmortizedState
 from gradreg_optax.amortized import amortized
+from gradreg_optax.amortized import amortized_scan
 from gradreg_optax.amortized import amortized_step
 from gradreg_optax.amortized import needs_recompute
 from gradreg_optax.fisher_sam import fisher_sam
@@ -80,6 +82,7 @@ __all__ = (
     "StepOutput",
     "VassoState",
     "amortized",
+    "amortized_scan",
     "amortized_step",
     "apply_gradients",
     "cost",

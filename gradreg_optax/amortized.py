@@ -77,21 +77,20 @@ def amortized(tx: optax.GradientTransformation, every_k: int, *,
   recomputes.
 
   **Where the choice is made.** ``update(..., recompute=<Python bool>)``
-  chooses on the host: the step, jitted with ``static_argnames=
+  chooses while tracing: the step, jitted with ``static_argnames=
   "recompute"``, compiles to two programs without a conditional, and a
   period costs what its arithmetic says. :func:`amortized_step` does this
-  for a step function (with ``jax.jit`` or ``nnx.jit``); it is the pattern
-  to use wherever the loop runs in Python. Without ``recompute`` (or with a
-  boolean array) the device chooses, with ``lax.cond``: the form for a loop
-  that cannot leave the device (``lax.scan``). It costs more, even with
-  only the work that differs inside the branches: XLA keeps buffers of both
-  (1.5x to 1.7x the temporary memory of the recomputing program on an MLP),
-  and XLA's CPU backend leaves the backward convolutions inside a
-  conditional in dimension layouts that it runs with a slow generic kernel
-  instead of its library convolutions (jax-ml/jax#12868;
-  ``benchmarks/amortized_cost.py``). A reusing step chosen on the host that
-  finds no usable correction returns NaN, for ``apply_if_finite`` to skip,
-  rather than the plain gradient.
+  for a step function run from Python (with ``jax.jit`` or ``nnx.jit``),
+  :func:`amortized_scan` for a loop under ``lax.scan``; they are the
+  patterns to use. Without ``recompute`` (or with a boolean array) the
+  device chooses, with ``lax.cond``, at a cost above the arithmetic: XLA
+  keeps buffers of both branches (1.5x to 1.7x the temporary memory of the
+  recomputing program on an MLP), and XLA's CPU backend leaves the backward
+  convolutions inside a conditional in dimension layouts that it runs with a
+  slow generic kernel instead of its library convolutions
+  (jax-ml/jax#12868; ``benchmarks/amortized_cost.py``). A reusing step
+  chosen while tracing that finds no usable correction returns NaN, for
+  ``apply_if_finite`` to skip, rather than the plain gradient.
 
   Args:
     tx: a transformation of this package (``gradient_regularization``,
@@ -315,8 +314,8 @@ def amortized_step(step: Callable[..., Any], *,
   step (once per period) or for a state this function did not return (a
   restored checkpoint, say), so that steps are dispatched without waiting.
 
-  Use it for every loop that runs in Python; inside ``lax.scan`` call
-  ``update`` without ``recompute`` (the choice then runs on the device).
+  Use it for every loop that runs in Python; for a loop under
+  ``lax.scan``, :func:`amortized_scan`.
 
   Args:
     step: the training step; ``recompute`` is passed as a keyword argument.
@@ -381,6 +380,114 @@ def amortized_step(step: Callable[..., Any], *,
 
   run.jitted = jitted
   return run
+
+
+def amortized_scan(step: Callable[..., tuple[Any, Any]], init: Any,
+                   xs: Any = None, *, every_k: int, length: int | None = None
+                   ) -> tuple[Any, Any]:
+  """``jax.lax.scan`` over an amortized training step, with no conditional.
+
+  ``step(carry, x, recompute)`` passes ``recompute`` on to the ``update`` of
+  an optimizer holding one :func:`amortized` with period ``every_k``. The
+  scan runs in periods of ``every_k`` steps: the first step of a period with
+  ``recompute=True``, then a loop over the others with
+  ``recompute=False``; a length that is not a multiple of ``every_k`` ends
+  with one shorter period. ``recompute`` is a Python bool in both bodies, so
+  the loop, like :func:`amortized_step`, holds the two programs and no
+  ``lax.cond``, and costs what its arithmetic says. The periods start at the
+  scan's first step: start it at a step count that is a multiple of
+  ``every_k`` (scan a multiple of ``every_k`` steps at a time) for the
+  recomputations to fall where ``update`` without ``recompute`` would put
+  them. Where a recomputation is not finite, the rest of its period returns
+  NaN (for ``optax.apply_if_finite`` to skip) and the next period recomputes.
+
+  Args:
+    step: ``step(carry, x, recompute) -> (carry, y)``; ``recompute`` is
+      passed as a keyword argument.
+    init: the initial carry, as for ``lax.scan``.
+    xs: what is scanned over (leading axis: the steps), or ``None`` with
+      ``length``.
+    every_k: the period of the :func:`amortized` transformation in the step.
+    length: the number of steps, where ``xs`` is ``None``.
+
+  Returns:
+    ``(carry, ys)`` as ``lax.scan(step, init, xs)`` returns them.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import gradreg_optax as gro
+    >>> loss_fn = lambda p, b: jnp.sum((b * p) ** 2)
+    >>> tx = optax.chain(gro.amortized(gro.sam(loss_fn, rho=0.05), 4),
+    ...                  optax.sgd(0.1))
+    >>> def scan_step(carry, batch, recompute):
+    ...   params, opt_state = carry
+    ...   loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    ...   updates, opt_state = tx.update(grads, opt_state, params, batch=batch,
+    ...                                  recompute=recompute)
+    ...   return (optax.apply_updates(params, updates), opt_state), loss
+    >>> params = jnp.array([1.0, -2.0])
+    >>> batches = jnp.tile(jnp.array([1.0, 3.0]), (8, 1))
+    >>> (params, opt_state), losses = jax.jit(
+    ...     lambda c, xs: gro.amortized_scan(scan_step, c, xs, every_k=4))(
+    ...         (params, tx.init(params)), batches)
+    >>> losses.shape
+    (8,)
+  """
+  where = "gradreg_optax.amortized_scan"
+  _checks.callable_arg(where, "step", step, "step(carry, x, recompute)")
+  _checks.int_arg(where, "every_k", every_k, minimum=1)
+  leaves = jax.tree.leaves(xs)
+  if leaves:
+    n = leaves[0].shape[0] if np.ndim(leaves[0]) else None
+    if n is None or any(np.ndim(x) == 0 or x.shape[0] != n for x in leaves):
+      raise ValueError(f"{where}: every array in `xs` must have the same "
+                       "leading axis (the steps); got shapes "
+                       f"{[np.shape(x) for x in leaves]}.")
+    if length is not None and length != n:
+      raise ValueError(f"{where}: `length` ({length}) differs from the "
+                       f"leading axis of `xs` ({n}).")
+  elif length is None:
+    raise ValueError(f"{where}: give `xs` or `length`.")
+  else:
+    _checks.int_arg(where, "length", length, minimum=0)
+    n = length
+  if n == 0:
+    raise ValueError(f"{where}: nothing to scan (length 0).")
+  state = _find_state(where, init)
+  if state is None:
+    raise ValueError(f"{where}: found no gradreg_optax.amortized state in "
+                     "`init`; the carry must hold the optimizer state of an "
+                     "optimizer with one amortized transformation.")
+  k = state.every_k
+  if not isinstance(_value(k), jax.core.Tracer) and int(_value(k)) != every_k:
+    raise ValueError(f"{where}: `every_k` is {every_k} but the amortized "
+                     f"state in `init` has period {int(_value(k))}.")
+
+  # Every step runs inside a loop, its carry updated in place: two steps in
+  # sequence outside one would hold the state between them as temporaries.
+  # So the reusing steps of a period run in a loop whose length is not known
+  # to the compiler (which would unroll one of length 1), the steps read
+  # their slice of ``xs`` by index (nothing of ``xs`` is copied) and write
+  # their outputs into ``ys`` in place.
+  at = lambda i: jax.tree.map(
+      lambda v: jax.lax.dynamic_index_in_dim(v, i, keepdims=False), xs)
+  y_shapes = jax.eval_shape(lambda c, x: step(c, x, recompute=True)[1], init,
+                            at(0))
+  ys = jax.tree.map(lambda y: jnp.zeros((n, *y.shape), y.dtype), y_shapes)
+
+  def one(i, carry_ys, recompute):
+    carry, ys = carry_ys
+    carry, y = step(carry, at(i), recompute=recompute)
+    return carry, jax.tree.map(
+        lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0), ys, y)
+
+  def period(p, carry_ys):
+    first = p * every_k
+    carry_ys = one(first, carry_ys, True)
+    return jax.lax.fori_loop(first + 1, jnp.minimum(first + every_k, n),
+                             lambda i, c: one(i, c, False), carry_ys)
+
+  return jax.lax.fori_loop(0, -(-n // every_k), period, (init, ys))
 
 
 def _value(x: Any) -> Any:

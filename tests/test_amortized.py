@@ -521,3 +521,109 @@ def test_amortized_step_rejects_a_step_without_the_state():
   with pytest.raises(TypeError, match="amortized_step: `step` must be a "
                      "callable"):
     gro.amortized_step("step")
+
+
+# --- amortized_scan: the choice made while tracing, under lax.scan ------------
+
+
+def _scan_step(tx):
+  def step(carry, batch, recompute=None):
+    params, opt_state = carry
+    loss, g = jax.value_and_grad(mlp_loss)(params, batch)
+    extra = {} if recompute is None else {"recompute": recompute}
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   value=loss, **extra)
+    return (optax.apply_updates(params, updates), opt_state), loss
+  return step
+
+
+def _stacked_batches(steps):
+  return jax.tree.map(lambda *b: jnp.stack(b), *map(_batch, range(steps)))
+
+
+@pytest.mark.parametrize("k,steps", [(3, 9), (3, 7), (4, 2), (1, 3)])
+@pytest.mark.parametrize("reuse", ["correction", "orthogonal"])
+def test_amortized_scan_equals_the_device_choice(k, steps, reuse):
+  tx = optax.chain(gro.amortized(MAKERS["sam"](mlp_loss), k, reuse=reuse),
+                   optax.sgd(0.1))
+  init = (PARAMS, tx.init(PARAMS))
+  xs = _stacked_batches(steps)
+  got = jax.jit(lambda c, xs: gro.amortized_scan(_scan_step(tx), c, xs,
+                                                 every_k=k))(init, xs)
+  want = jax.jit(lambda c, xs: jax.lax.scan(_scan_step(tx), c, xs))(init, xs)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-8)
+  assert int(got[0][1][0].count) == steps
+  assert got[1].shape == (steps,)
+
+
+def test_amortized_scan_holds_no_conditional_for_the_choice():
+  tx = optax.chain(gro.amortized(MAKERS["forward"](mlp_loss), 4),
+                   optax.sgd(0.1))
+  init, xs = (PARAMS, tx.init(PARAMS)), _stacked_batches(8)
+  jaxpr = lambda f: jax.make_jaxpr(f)(init, xs).jaxpr
+  scanned = jaxpr(lambda c, xs: gro.amortized_scan(_scan_step(tx), c, xs,
+                                                   every_k=4))
+  on_device = jaxpr(lambda c, xs: jax.lax.scan(_scan_step(tx), c, xs))
+  # The method's own conditionals (a norm's), and on the device one more:
+  # the choice.
+  assert len(_conds(on_device)) == len(_conds(scanned)) + 1
+  # The reusing body is SGD's step; the recomputing one adds one gradient.
+  plain = jaxpr(lambda c, xs: jax.lax.scan(_scan_step(optax.sgd(0.1)), c,
+                                           xs))
+  assert _dots(scanned) == 3 * _dots(plain)
+
+
+def test_amortized_scan_with_length_and_no_xs():
+  tx = optax.chain(gro.amortized(MAKERS["forward"](mlp_loss), 2),
+                   optax.sgd(0.1))
+  step = _scan_step(tx)
+  fixed = lambda c, _, **kw: step(c, BATCH, **kw)
+  init = (PARAMS, tx.init(PARAMS))
+  got = gro.amortized_scan(fixed, init, None, every_k=2, length=5)
+  want = jax.lax.scan(fixed, init, None, length=5)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_amortized_scan_skips_a_non_finite_period_with_apply_if_finite():
+  # The recomputation of the first period is not finite: that period's
+  # steps are skipped (a reusing step has nothing usable) and the next
+  # period recomputes.
+  inner = gro.gradient_regularization(_cliff_loss, 0.1, eps=1.0)
+  tx = optax.chain(gro.amortized(inner, 2),
+                   optax.apply_if_finite(optax.sgd(0.01), 10))
+
+  def step(carry, batch, recompute):
+    params, opt_state = carry
+    g = jax.grad(_cliff_loss)(params, batch)
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   recompute=recompute)
+    return (optax.apply_updates(params, updates), opt_state), (
+        opt_state[1].last_finite)
+
+  xs = jax.tree.map(lambda *b: jnp.stack(b),
+                    *map(_nan_then_finite_batches, range(6)))
+  (params, _), finite = gro.amortized_scan(
+      step, (NAN_PARAMS, tx.init(NAN_PARAMS)), xs, every_k=2)
+  assert finite.tolist() == [False, False, True, True, True, True]
+  assert bool(jnp.all(jnp.isfinite(params["w"])))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(every_k=0), ValueError, "`every_k` must be an int >= 1"),
+    (dict(every_k=3), ValueError, "`every_k` is 3 but the amortized state"),
+    (dict(every_k=2, xs=None), ValueError, "give `xs` or `length`"),
+    (dict(every_k=2, length=3), ValueError, "`length` \\(3\\) differs"),
+    (dict(every_k=2, init="carry"), ValueError, "found no "
+     "gradreg_optax.amortized state in `init`"),
+    (dict(every_k=2, step="step"), TypeError, "`step` must be a callable"),
+])
+def test_amortized_scan_rejects_bad_arguments_naming_them(kwargs, error,
+                                                          match):
+  tx = optax.chain(gro.amortized(MAKERS["forward"](mlp_loss), 2),
+                   optax.sgd(0.1))
+  args = dict(step=_scan_step(tx), init=(PARAMS, tx.init(PARAMS)),
+              xs=_stacked_batches(4))
+  args.update(kwargs)
+  with pytest.raises(error, match="gradreg_optax.amortized_scan: " + match):
+    gro.amortized_scan(args.pop("step"), args.pop("init"), args.pop("xs"),
+                       **args)

@@ -143,6 +143,34 @@ def test_the_default_amortized_step_is_the_lean_host_choice(method, model,
     assert default[True] <= TOLERANCE * own, (default[True], own)
 
 
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_an_amortized_scan_is_as_lean_as_the_host_choice(model, request):
+  # gro.amortized_scan against the host choice's recomputing program: the
+  # loop adds no buffers of its own, with periods of two steps (one reusing
+  # step, which a compiler would unroll) and a last, shorter period.
+  problem = request.getfixturevalue(model)
+  k, steps = 2, 5
+  inner = gro.METHODS["forward"](problem.loss_fn, has_aux=problem.has_aux).tx
+  tx = optax.chain(gro.amortized(inner, k), common.optimizer())
+
+  def step(carry, xy, recompute):
+    params, opt_state, model_state = carry
+    batch = problem.batch(model_state, *xy)
+    loss, g, model_state = common._own_gradient(problem, params, batch)  # pylint: disable=protected-access
+    updates, opt_state = tx.update(g, opt_state, params, batch=batch,
+                                   recompute=recompute)
+    return (optax.apply_updates(params, updates), opt_state, model_state), loss
+
+  params, model_state, x, y = problem.args()
+  xs = jax.tree.map(lambda a: jax.numpy.stack([a] * steps), (x, y))
+  scan = jax.jit(lambda c, xs: gro.amortized_scan(step, c, xs, every_k=k),
+                 donate_argnums=0)
+  scanned = scan.lower((params, tx.init(params), model_state), xs).compile(
+      ).memory_analysis().temp_size_in_bytes
+  _, host = _amortized_steps(problem, "forward", k)
+  assert scanned <= TOLERANCE * host, (scanned / 2**20, host / 2**20)
+
+
 def test_a_reusing_amortized_step_is_as_lean_as_sgd(mlp):
   sam = gro.METHODS["sam"](mlp.loss_fn, has_aux=mlp.has_aux).tx
   tx = optax.chain(gro.amortized(sam, 4), common.optimizer())

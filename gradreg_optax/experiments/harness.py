@@ -32,8 +32,8 @@ them here, under one protocol:
 
 Runs of one method and task are trained together, ``jax.vmap``-ed over
 (noise rate, configuration, seed) in one compiled ``lax.scan``; amortized
-methods choose recompute-or-reuse statically (``recompute=`` on the host),
-which keeps conditionals out of the compiled loop.
+methods run each epoch through ``gro.amortized_scan``, which keeps
+conditionals out of the compiled loop.
 """
 
 from __future__ import annotations
@@ -366,31 +366,25 @@ def make_trainer(task: Task, spec: spec_lib.Spec, protocol: Protocol,
                         protocol.momentum)
     opt_state = tx.init(params)
 
-    def step(carry, idx, recompute):
+    def step(carry, idx, recompute=None):
       params, opt_state = carry
       batch = (x_pool[idx], b.labels[idx])
       grads = jax.grad(reg.loss_fn)(params, batch)
-      extra = {} if k == 1 else {"recompute": recompute}
+      extra = {} if recompute is None else {"recompute": recompute}
       updates, opt_state = tx.update(grads, opt_state, params, batch=batch,
                                      **extra)
-      return optax.apply_updates(params, updates), opt_state
-
-    def period(carry, idx):  # k steps, the first recomputing
-      for i in range(idx.shape[0]):
-        carry = step(carry, idx[i], i == 0)
-      return carry, None
+      return (optax.apply_updates(params, updates), opt_state), None
 
     def epoch(carry, e):
       params, opt_state, best_params, best_val, best_epoch = carry
       order = jax.random.permutation(jax.random.fold_in(shuffle_key, e),
                                      b.train_idx)[:steps * batch_size]
       idx = order.reshape(steps, batch_size)
-      full = steps // k * k
-      state = (params, opt_state)
-      state, _ = jax.lax.scan(period, state,
-                              idx[:full].reshape(-1, k, batch_size))
-      for i, flag in enumerate(_flags(steps - full, k)):
-        state = step(state, idx[full + i], flag)
+      if k == 1:
+        state, _ = jax.lax.scan(step, (params, opt_state), idx)
+      else:  # recomputing on steps 0, k, 2k, ... of the epoch
+        state, _ = gro.amortized_scan(step, (params, opt_state), idx,
+                                      every_k=k)
       params, opt_state = state
       val = jnp.mean(correct(params, x_pool[b.val_idx], b.labels[b.val_idx]))
       better = val > best_val
