@@ -28,10 +28,18 @@ def _init(params: list) -> list:
 def _step(x: method.StepInput) -> method.StepOutput:
   h = x.hyperparameters
   m = [h["lam"] * a + (1 - h["lam"]) * g for a, g in zip(x.state, x.grad)]
-  d = [g - h["sigma"] * a for g, a in zip(x.grad, m)]
-  norm = method.global_norm(d)
-  norm = jnp.where(norm > 0, norm, 1.0)  # d = 0: no displacement, no NaN
-  loss, g_p = method.gradient_at(x, [v / norm for v in d], h["rho"])
+  deviation = lambda g, m: [v - h["sigma"] * a for v, a in zip(g, m)]
+  # d is formed twice, inside the reduction and inside the displaced point,
+  # rather than kept as a gradient-sized buffer: the barrier keeps the two
+  # apart, and the one-pass norm needs no conditional holding d.
+  norm = method.global_norm(deviation(x.grad, m), one_pass=True)
+  norm, g, m = jax.lax.optimization_barrier((norm, x.grad, m))
+  # d = 0 (a zero gradient, say): no displacement, no NaN. (The test of
+  # ||g||, never true, makes the displaced point wait for ||g||, which XLA
+  # would otherwise take after the extra evaluation, keeping g alive.)
+  norm = jnp.where((norm > 0) | (x.grad_norm < 0), norm, 1.0)
+  loss, g_p = method.gradient_at(x, [v / norm for v in deviation(g, m)],
+                                 h["rho"])
   return method.StepOutput(g_p, state=m, perturbed_loss=loss)
 
 
@@ -70,7 +78,7 @@ def friendly_sam(
   for bit; a zero ``d`` (a zero gradient, say) gives no displacement and no
   NaN. The state holds ``m`` (float32 or wider, one array per regularized
   parameter); it advances on every step. One extra gradient evaluation per
-  step; ``g`` is not kept through it.
+  step; neither ``g`` nor ``d`` is kept through it.
 
   Args:
     loss_fn: ``loss_fn(params, batch) -> loss`` (or ``(loss, aux)``).

@@ -79,9 +79,15 @@ def vdot(a: list, b: list) -> Array:
   return _numerics.tree_vdot(a, b)
 
 
-def global_norm(a: list) -> Array:
-  """``||a||`` over every leaf, safe from overflow and underflow."""
-  return _numerics.global_norm(a)
+def global_norm(a: list, *, one_pass: bool = False) -> Array:
+  """``||a||`` over every leaf, safe from overflow and underflow.
+
+  ``one_pass=True`` takes it in one pass over ``a`` on every platform, so
+  that a direction computed only to be normalized need not be kept in
+  memory (on a CPU the default otherwise keeps ``a`` for a rarely taken
+  second pass).
+  """
+  return _numerics.global_norm(a, one_pass=one_pass)
 
 
 def regularizer(name: str, loss_fn: Callable[..., Any],

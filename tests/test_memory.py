@@ -50,12 +50,6 @@ def resnet18():
   return common.resnet_problem(32)
 
 
-# A known gap: F-SAM's step holds one gradient-sized buffer more than its
-# hand-written step on the MLP (1.85x; benchmarks/README.md). Strict: a fix
-# shows here.
-MEMORY_GAPS = {("mlp", "friendly_sam")}
-
-
 # On the small ResNet the default run keeps one method of each kind (an extra
 # gradient, a normalized perturbation, a second-order product); the others,
 # and ResNet-18, run under `-m slow`.
@@ -70,10 +64,6 @@ RESNET_DEFAULT = ("forward", "sam", "double_backprop")
       for m in common.LIBRARY_METHODS]])
 def test_library_step_needs_no_more_memory_than_hand_written(method, model,
                                                              request):
-  if (model, method) in MEMORY_GAPS:
-    request.applymarker(pytest.mark.xfail(
-        strict=True, reason="one gradient-sized buffer more than the "
-        "hand-written step"))
   problem = request.getfixturevalue(model)
   library = _temp_bytes(problem, common.library_step(problem, method))
   hand = _temp_bytes(problem, common.hand_step(problem, method))
