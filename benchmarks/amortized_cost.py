@@ -1,12 +1,17 @@
 """Cost of amortization (``gro.amortized``): the choice made on the host
-against the choice made on the device, time and compiled memory.
+and in a scan against the choice made on the device, time and compiled
+memory.
 
-Two patterns, for each model, method and ``k``:
+Three patterns, for each model, method and ``k``:
 
-* ``host``: the documented one, ``gro.amortized_step(step)``: the step is
-  compiled twice (recomputing, reusing; ``recompute`` a Python bool) and the
-  host picks the program. Timed over whole periods of ``k`` steps through
-  ``amortized_step`` itself.
+* ``host``: the documented Python loop, ``gro.amortized_step(step)``: the
+  step is compiled twice (recomputing, reusing; ``recompute`` a Python bool)
+  and the host picks the program. Timed over whole periods of ``k`` steps
+  through ``amortized_step`` itself.
+* ``scan``: the documented ``lax.scan`` loop, ``gro.amortized_scan``: one
+  jitted call runs ``steps`` steps (the least common multiple of the ``k``s,
+  repeated to about a sample) in periods of ``k``; its ratio is to plain SGD
+  run by ``lax.scan`` over the same steps.
 * ``device``: ``update`` without ``recompute``: one program with a
   ``lax.cond``. Its two branches are timed as steps of their own (the
   branch forced by ``recompute=<boolean array>``, the same program) and a
@@ -20,7 +25,7 @@ device sync; the ratio to SGD is the median over rounds of the per-round
 ratio. Memory is XLA's memory analysis of each compiled program
 (temporaries; parameters, optimizer state and BatchNorm statistics donated):
 ``host`` lists its recomputing program (the larger), ``device`` the one
-program. ``ideal`` is ``1 + extra / k`` (one extra gradient for the methods
+program; ``scan`` the whole scanned program. ``ideal`` is ``1 + extra / k`` (one extra gradient for the methods
 here).
 
     python amortized_cost.py --models mlp cnn resnet --ks 2 4 10
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -91,16 +97,44 @@ def fresh_state(problem, tx):
 class Variant:
   """A sequence of calls timed as one sample."""
 
-  def __init__(self, name, call, state, calls_per_sample):
+  def __init__(self, name, call, state, calls_per_sample, steps_per_call=1):
     self.name, self.call, self.state = name, call, state
     self.calls, self.times = calls_per_sample, []
+    self.steps = len(calls_per_sample) * steps_per_call
 
   def sample(self, x, y):
     t0 = time.perf_counter()
     for choice in self.calls:
       *self.state, loss = self.call(choice)(*self.state, x, y)
     loss.block_until_ready()
-    self.times.append((time.perf_counter() - t0) / len(self.calls))
+    self.times.append((time.perf_counter() - t0) / self.steps)
+
+
+def scan_loop(problem, tx, steps, every_k=None):
+  """``steps`` training steps in one jitted call, ``lax.scan`` (SGD) or
+  ``gro.amortized_scan``, over the batch stacked ``steps`` times (an
+  argument, not a temporary). Returns the call, with the signature of a
+  step (it returns the last loss), and its compiled temporaries in MiB."""
+  step = train_step(problem, tx)
+
+  def body(carry, xy, recompute=None):
+    *carry, loss = step(*carry, *xy, recompute=recompute)
+    return tuple(carry), loss
+
+  def loop(params, opt_state, model_state, xs):
+    carry = (params, opt_state, model_state)
+    if every_k is None:
+      carry, losses = jax.lax.scan(body, carry, xs)
+    else:
+      carry, losses = gro.amortized_scan(body, carry, xs, every_k=every_k)
+    return (*carry, losses[-1])
+
+  xs = jax.tree.map(lambda a: jnp.stack([a] * steps), (problem.x, problem.y))
+  state = fresh_state(problem, tx)
+  compiled = jax.jit(loop, donate_argnums=(0, 1, 2)).lower(*state, xs).compile()
+  mib = compiled.memory_analysis().temp_size_in_bytes / 2**20
+  return (lambda params, opt_state, model_state, x, y:
+          compiled(params, opt_state, model_state, xs)), mib
 
 
 def measure(problem, method, ks, args):
@@ -120,6 +154,13 @@ def measure(problem, method, ks, args):
   loss.block_until_ready()
   inner = max(1, round(args.sample_s / (time.perf_counter() - t0)))
   variants.append(Variant("sgd", lambda _: sgd, state, [None] * inner))
+  period = math.lcm(*ks)
+  scan_steps = period * max(1, round(inner / period))
+  sgd_scan, memory["sgd_scan"] = scan_loop(problem, sgd_tx, scan_steps)
+  state = fresh_state(problem, sgd_tx)
+  *state, loss = sgd_scan(*state, x, y)
+  variants.append(Variant("sgd_scan", lambda _: sgd_scan, state, [None],
+                          scan_steps))
 
   for k in ks:
     tx = optax.chain(gro.amortized(inner_tx, k), common.optimizer())
@@ -137,6 +178,12 @@ def measure(problem, method, ks, args):
     loss.block_until_ready()
     variants.append(Variant(f"host:k{k}", lambda _, h=host: h, state,
                             [None] * (k * periods)))
+    scan, memory[f"scan:k{k}"] = scan_loop(problem, tx, scan_steps,
+                                           every_k=k)
+    state = fresh_state(problem, tx)
+    *state, loss = scan(*state, x, y)  # compile, warm up
+    variants.append(Variant(f"scan:k{k}", lambda _, f=scan: f, state, [None],
+                            scan_steps))
 
   tx = optax.chain(gro.amortized(inner_tx, max(ks)), common.optimizer())
   state = fresh_state(problem, tx)
@@ -170,10 +217,11 @@ def measure(problem, method, ks, args):
   for k in ks:
     device_period = (times["device:recompute"] + (k - 1)
                      * times["device:reuse"]) / k
-    for pattern, t, mem in (
-        ("host", times[f"host:k{k}"], memory["host_recompute"]),
-        ("device", device_period, memory["device"])):
-      ratio = t / base
+    for pattern, t, sgd_t, mem in (
+        ("host", times[f"host:k{k}"], base, memory["host_recompute"]),
+        ("scan", times[f"scan:k{k}"], times["sgd_scan"], memory[f"scan:k{k}"]),
+        ("device", device_period, base, memory["device"])):
+      ratio = t / sgd_t
       rows.append(dict(
           method=method, every_k=k, pattern=pattern,
           ms_per_step=float(np.median(t) * 1e3),
@@ -183,29 +231,43 @@ def measure(problem, method, ks, args):
           ideal=1 + 1 / k, temp_mib=mem))
   steps = {name: float(np.median(t / base)) for name, t in times.items()
            if name.startswith("device")}
-  return rows, memory, steps, float(np.median(base) * 1e3), inner, layouts
+  return dict(rows=rows, memory_mib=memory, device_steps=steps,
+              sgd_ms=float(np.median(base) * 1e3),
+              sgd_scan_ms=float(np.median(times["sgd_scan"]) * 1e3),
+              steps_per_sample=inner, scan_steps=scan_steps,
+              conv_layouts=layouts)
 
 
 def render(result) -> str:
   env = result["environment"]
   lines = [
-      f"# Amortization: host choice against device choice, "
+      f"# Amortization: host and scan choices against the device choice, "
       f"{env['device']}", "",
       f"Run: `{env['command']}` (in `benchmarks/`); jax {env['jax']}, "
       f"jaxlib {env['jaxlib']}, optax {env['optax']}, flax {env['flax']}; "
       f"{result['rounds']} rounds.", "",
       "`host`: `gro.amortized_step` (two programs, chosen on the host), "
-      "timed over whole periods; `device`: `update` without `recompute` "
+      "timed over whole periods; `scan`: `gro.amortized_scan` (one jitted "
+      "call of many steps), its ratio to SGD run by `lax.scan` over as many "
+      "steps; `device`: `update` without `recompute` "
       "(`lax.cond`), its two branches timed as steps and composed as "
       "`(recompute + (k-1) reuse) / k`. Time: median over rounds of the "
       "ratio to SGD in the same round (IQR in brackets). Memory: XLA's "
-      "compiled temporaries (host: the recomputing program).", ""]
+      "compiled temporaries (host: the recomputing program; scan: the whole "
+      "scanned program).", ""]
   for p in result["problems"]:
     m = p["memory_mib"]
+    ks = sorted({r["every_k"] for r in p["rows"]})
+    scans = ", ".join(f"{m[f'scan:k{k}']:.1f}" for k in ks)
     lines += [f"## {p['problem']}, {p['method']}", "",
-              f"SGD {p['sgd_ms']:.1f} ms/step; temporaries: SGD "
+              f"SGD {p['sgd_ms']:.1f} ms/step"
+              + (f", SGD under `lax.scan` {p['sgd_scan_ms']:.1f}"
+                 if "sgd_scan_ms" in p else "")
+              + "; temporaries: SGD "
               f"{m['sgd']:.1f} MiB, host recomputing {m['host_recompute']:.1f}"
-              f", host reusing {m['host_reuse']:.1f}, device "
+              f", host reusing {m['host_reuse']:.1f}, SGD scan "
+              f"{m['sgd_scan']:.1f}, scan {scans} (k = "
+              f"{', '.join(map(str, ks))}; {p['scan_steps']} steps), device "
               f"{m['device']:.1f} MiB ({m['device'] / m['host_recompute']:.2f}"
               "x the host's recomputing program). Device branches as steps: "
               f"recompute {p['device_steps']['device:recompute']:.2f}x SGD, "
@@ -214,17 +276,21 @@ def render(result) -> str:
                  f"{p['conv_layouts']['host_recompute']}, device "
                  f"{p['conv_layouts']['device']}."
                  if p["conv_layouts"]["device"] else ""), "",
-              "| k | ideal | host x SGD | device x SGD | device / host |",
-              "|---|---|---|---|---|"]
+              "| k | ideal | host x SGD | scan x SGD scan | device x SGD "
+              "| device / host | ms/step: host, scan, device |",
+              "|---|---|---|---|---|---|---|"]
     by = {(r["every_k"], r["pattern"]): r for r in p["rows"]}
     for k in sorted({r["every_k"] for r in p["rows"]}):
-      h, d = by[k, "host"], by[k, "device"]
+      h, c, d = by[k, "host"], by[k, "scan"], by[k, "device"]
       lines.append(
           f"| {k} | {h['ideal']:.2f} | {h['ratio_median']:.2f} "
           f"[{h['ratio_q25']:.2f}, {h['ratio_q75']:.2f}] | "
+          f"{c['ratio_median']:.2f} [{c['ratio_q25']:.2f}, "
+          f"{c['ratio_q75']:.2f}] | "
           f"{d['ratio_median']:.2f} [{d['ratio_q25']:.2f}, "
           f"{d['ratio_q75']:.2f}] | {d['ratio_median'] / h['ratio_median']:.2f}"
-          " |")
+          f" | {h['ms_per_step']:.1f}, {c['ms_per_step']:.1f}, "
+          f"{d['ms_per_step']:.1f} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -262,12 +328,8 @@ def main() -> None:
     problem = problem_for(model, args)
     for method in args.methods:
       print(f"{problem.name}, {method}", flush=True)
-      rows, memory, steps, sgd_ms, inner, layouts = measure(
-          problem, method, args.ks, args)
-      problems.append(dict(problem=problem.name, method=method, rows=rows,
-                           memory_mib=memory, device_steps=steps,
-                           sgd_ms=sgd_ms, steps_per_sample=inner,
-                           conv_layouts=layouts))
+      problems.append(dict(problem=problem.name, method=method,
+                           **measure(problem, method, args.ks, args)))
   result = dict(environment=common.environment(), rounds=args.rounds,
                 problems=problems)
   text = render(result)
