@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -145,8 +146,10 @@ def _error(main, argv, capsys):
 def test_a_method_added_to_the_registry_gets_its_flags_without_edits():
   # A new method whose `gamma` has another domain than GR's and that brings
   # a hyperparameter of its own; the command line is built after it joins.
+  # One fresh interpreter parses every command line (argparse exits on
+  # errors and on --help: each is caught and its output kept).
   script = textwrap.dedent("""
-      import sys
+      import contextlib, io, json, sys
       import gradreg_optax as gro
       from gradreg_optax import registry
       new = gro.Method(
@@ -156,16 +159,35 @@ def test_a_method_added_to_the_registry_gets_its_flags_without_edits():
           1, lambda loss_fn, gamma, theta, **options: None)
       gro.METHODS = registry._Registry([*gro.METHODS.values(), new])
       from gradreg_optax.experiments import train
-      parser = train._cli.parser("train", "")
-      train.add_config_arguments(parser)
-      args = parser.parse_args(sys.argv[1:])
-      print(train.hyperparameters(train.config_from_args(parser, args)))
+      results = []
+      for argv in json.loads(sys.argv[1]):
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+          try:
+            parser = train._cli.parser("train", "")
+            train.add_config_arguments(parser)
+            args = parser.parse_args(argv)
+            print(train.hyperparameters(train.config_from_args(parser, args)))
+          except SystemExit as e:
+            code = e.code
+        results.append((code, out.getvalue(), err.getvalue()))
+      print(json.dumps(results))
   """)
+  cases = [("--method", "weighted", "--theta", "1"),
+           ("--method", "forward", "--gamma", "3"),
+           ("--method", "weighted", "--gamma", "3"), ("--gamma", "-1"),
+           ("--method", "weighted", "--theta", "0"), ("--help",)]
+  done = subprocess.run([sys.executable, "-c", script, json.dumps(cases)],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(__file__)),
+                        check=False)
+  assert done.returncode == 0, done.stderr
+  results = dict(zip(cases, json.loads(done.stdout)))
 
   def run(*argv):
-    return subprocess.run([sys.executable, "-c", script, *argv],
-                          capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    code, stdout, stderr = results[argv]
+    return types.SimpleNamespace(returncode=code, stdout=stdout,
+                                 stderr=stderr)
 
   ok = run("--method", "weighted", "--theta", "1")
   assert ok.returncode == 0, ok.stderr
