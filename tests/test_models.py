@@ -10,8 +10,7 @@ from gradreg_optax.experiments import models
 
 
 @pytest.mark.parametrize("length,width,stride,padding", [
-    (40, 5, 2, "SAME"), (20, 3, 2, "SAME"), (9, 3, 1, "VALID"),
-    (10, 4, 3, ((1, 2),))])
+    (40, 5, 2, "SAME"), (10, 4, 3, ((1, 2),))])
 def test_conv1d_as_products_is_the_convolution(length, width, stride,
                                                padding):
   x = jax.random.normal(jax.random.key(0), (3, length, 2))
