@@ -69,10 +69,11 @@ def test_dln_bias_summary_is_mean_and_spread_over_seeds():
                                dict(cfg, bias_alphas=[]))
   (entry,) = summary["sweep"]
   assert entry["diverged"] == 1 and entry["converged"] == 2
-  assert entry["test_error"] == dict(mean=1.5, std=math.sqrt(0.5), n=2)
+  assert entry["test_error"] == dict(mean=1.5, std=math.sqrt(0.5), n=2,
+                                     min=1.0, max=2.0)
   assert entry["ratio_to_gd"]["mean"] == 0.75
   assert entry["eps_paper"] == 0.1 * 4 * cfg["n"]
-  assert entry["gd_l1"] == dict(mean=3.0, std=0.0, n=3)
+  assert entry["gd_l1"] == dict(mean=3.0, std=0.0, n=3, min=3.0, max=3.0)
   assert summary["runs"]["converged"] == 2
   (cell,) = summary["grid"]
   assert cell["fraction_diverged"] == pytest.approx(1 / 3)

@@ -48,6 +48,7 @@ import gradreg_optax as gro
 from gradreg_optax import dln
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
+from gradreg_optax.experiments import stats as stats_lib
 
 MODULE = "gradreg_optax.experiments.dln_bias"
 FULL = dict(
@@ -295,13 +296,6 @@ def _step_limit_seeds(x, y, alpha):
 # --- Summaries: mean and spread over seeds ----------------------------------
 
 
-def stats(values: Sequence[Any]) -> dict[str, Any]:
-  """Mean, standard deviation (ddof 1) and count of the non-None values."""
-  v = np.array([x for x in values if x is not None], dtype=float)
-  return dict(mean=float(v.mean()) if v.size else None,
-              std=float(v.std(ddof=1)) if v.size > 1 else None, n=int(v.size))
-
-
 def _ratio(r):
   if r["test_error"] is None:
     return None
@@ -317,7 +311,7 @@ def summarize(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("steps", "lr", "test_error", "l1", "rel_err_solver",
                 "rel_err_solver_h", "solver_test_error", "solver_l1",
                 "l2_test_error", "l2_l1"):
-      entry[key] = stats([r[key] for r in rows])
+      entry[key] = stats_lib.summary([r[key] for r in rows])
     out["bias"].append(entry)
   keys = ("test_error", "l1", "ratio_to_gd", "rel_change_from_gd",
           "rel_err_first_order", "rel_err_exact", "exponent_support",
@@ -335,8 +329,8 @@ def summarize(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
                  diverged=sum(r["diverged"] for r in rows),
                  converged=sum(r["converged"] for r in rows))
     for key in keys:
-      entry[key] = stats([_ratio(r) if key == "ratio_to_gd" else r[key]
-                          for r in rows])
+      entry[key] = stats_lib.summary(
+          [_ratio(r) if key == "ratio_to_gd" else r[key] for r in rows])
     out["sweep"].append(entry)
   groups = {}
   for r in res["grid"]:
@@ -348,8 +342,8 @@ def summarize(res: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         seeds=len(rows), diverged=sum(r["diverged"] for r in rows),
         stalled=sum(not r["converged"] and not r["diverged"] for r in rows),
         fraction_diverged=sum(r["diverged"] for r in rows) / len(rows),
-        ratio_to_gd=stats([_ratio(r) for r in rows]),
-        test_error=stats([r["test_error"] for r in rows])))
+        ratio_to_gd=stats_lib.summary([_ratio(r) for r in rows]),
+        test_error=stats_lib.summary([r["test_error"] for r in rows])))
   out["runs"] = _run_counts(res["sweep"])
   return out
 

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import gradreg_optax as gro
@@ -27,6 +26,7 @@ from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data
 from gradreg_optax.experiments import models
+from gradreg_optax.experiments import stats
 
 MODULE = "gradreg_optax.experiments.flatness_digits"
 LOSS = models.tanh_mlp_loss
@@ -88,7 +88,8 @@ def table(result: dict[str, Any]) -> str:
   lines = ["| method | " + " | ".join(MEASURES) + " |",
            "|---" * (len(MEASURES) + 1) + "|"]
   for m in METHODS:
-    cells = [f"{result['mean'][m][k]:.4g} ± {result['std'][m][k]:.2g}"
+    cells = [f"{result['mean'][m][k]:.4g} ± "
+             f"{stats.spread_text(result['std'][m][k], '.2g')}"
              for k in MEASURES]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -140,11 +141,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                **measure(params, train_set, test_set, jax.random.key(seed)))
       result["runs"].append(r)
       print(r, flush=True)
-  std = lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0
-  for stat, fn in (("mean", np.mean), ("std", std)):
-    result[stat] = {m: {k: float(fn([r[k] for r in result["runs"]
-                                     if r["method"] == m])) for k in MEASURES}
-                    for m in METHODS}
+  for stat in ("mean", "std"):
+    result[stat] = {m: {k: stats.summary([r[k] for r in result["runs"]
+                                          if r["method"] == m])[stat]
+                        for k in MEASURES} for m in METHODS}
   result["wall_s"] = time.perf_counter() - t0
   text = (f"digits ({result['data']['train']} train / "
           f"{result['data']['test']} test), {result['model']}, SGD momentum "

@@ -37,6 +37,7 @@ from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
 from gradreg_optax.experiments import data
 from gradreg_optax.experiments import models
+from gradreg_optax.experiments import stats
 
 MODULE = "gradreg_optax.experiments.igr"
 LOSS = models.tanh_mlp_loss
@@ -129,15 +130,6 @@ def summarize(records: np.ndarray, levels: Sequence[float], dt: float
                  test_acc=float(acc[-1])))
 
 
-def _stats(values: Sequence[float | None]) -> dict[str, Any]:
-  v = np.array([x for x in values if x is not None], float)
-  if not v.size:
-    return dict(n=0)
-  return dict(n=int(v.size), mean=float(v.mean()),
-              std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
-              min=float(v.min()), max=float(v.max()))
-
-
 def digits_runs(setting: dict[str, Any], seeds: Sequence[int],
                 verbose: bool = True) -> dict[str, Any]:
   """Every learning rate and explicit strength of ``setting`` on every seed."""
@@ -158,7 +150,7 @@ def digits_runs(setting: dict[str, Any], seeds: Sequence[int],
           params0, jax.random.split(jax.random.key(1), len(seeds))))
   out = dict(num_params=m, train=int(train_set[0].shape[0]), test=n_test,
              initial_top_eigenvalue=dict(per_seed=sharp0.tolist(),
-                                         **_stats(sharp0.tolist())),
+                                         **stats.summary(sharp0.tolist())),
              configs=[])
   for c in configs:
     h, s = c["h"], c["strength"]
@@ -185,12 +177,13 @@ def digits_runs(setting: dict[str, Any], seeds: Sequence[int],
         explicit_rate=s * m / 4, stability_bound=2 / h,
         diverged=len(runs) - len(ok), runs=runs,
         summary=dict(
-            r_ig_at_loss={str(lv): _stats([r["r_ig_at_loss"][str(lv)]
-                                           for r in ok])
+            r_ig_at_loss={str(lv): stats.summary(
+                [r["r_ig_at_loss"][str(lv)] for r in ok])
                           for lv in setting["levels"]},
-            at_max_test_acc={k: _stats([r["at_max_test_acc"][k] for r in ok])
+            at_max_test_acc={k: stats.summary(
+                [r["at_max_test_acc"][k] for r in ok])
                              for k in ("time", "test_acc", "loss", "r_ig")},
-            final={k: _stats([r["final"][k] for r in ok])
+            final={k: stats.summary([r["final"][k] for r in ok])
                    for k in ("loss", "r_ig", "test_acc", "top_eigenvalue")}),
         # Seed 0's (E, R_IG) every fifth record, for the figure.
         curve_first_seed=records[0, 4::5, :2].tolist(),
@@ -219,7 +212,7 @@ def paired(configs: list[dict[str, Any]], levels: Sequence[float],
     for lv in map(str, levels):
       v = [r["r_ig_at_loss"][lv] / b["r_ig_at_loss"][lv] for r, b in ok
            if r["r_ig_at_loss"][lv] and b["r_ig_at_loss"][lv]]
-      ratios[lv] = _stats(v)
+      ratios[lv] = stats.summary(v)
     c["summary"]["r_ig_ratio_to_base"] = ratios
     c["summary"]["max_test_acc_minus_base_images"] = [
         round((r["at_max_test_acc"]["test_acc"]
@@ -229,7 +222,8 @@ def paired(configs: list[dict[str, Any]], levels: Sequence[float],
 def _ratio_cell(st: dict[str, Any]) -> str:
   if not st.get("n"):
     return "n/a"
-  return (f"{st['mean']:.3f} ± {st['std']:.3f} [{st['min']:.3f}, "
+  return (f"{st['mean']:.3f} ± {stats.spread_text(st['std'], '.3f')} "
+          f"[{st['min']:.3f}, "
           f"{st['max']:.3f}] ({st['n']})")
 
 
@@ -251,7 +245,8 @@ def paired_table(res: dict[str, Any], levels: Sequence[float]) -> str:
 def _cell(st: dict[str, Any], fmt: str = ".2e") -> str:
   if not st.get("n"):
     return "n/a"
-  return f"{st['mean']:{fmt}} ± {st['std']:.1e} ({st['n']})"
+  return (f"{st['mean']:{fmt}} ± {stats.spread_text(st['std'], '.1e')} "
+          f"({st['n']})")
 
 
 def digits_table(res: dict[str, Any], levels: Sequence[float]) -> str:
@@ -406,7 +401,7 @@ def plot(result: dict[str, Any], path: str) -> None:
             for c in digits_res["configs"] if c["kind"] == kind]
       st = [(rate, v) for rate, v in st if v.get("n")]
       a2.errorbar([rate for rate, _ in st], [v["mean"] for _, v in st],
-                  [v["std"] for _, v in st], fmt=style, color=f"C{i}",
+                  [v["std"] or 0.0 for _, v in st], fmt=style, color=f"C{i}",
                   capsize=3, label=f"E = {level}, {kind}")
   a2.axhline(1.0, color="k", lw=0.5)
   a2.set_xscale("log")

@@ -34,6 +34,28 @@ def std(values: Sequence[float]) -> float | None:
   return float(np.std(values, ddof=1)) if values.size > 1 else None
 
 
+def summary(values: Sequence[float | None]) -> dict[str, float | int | None]:
+  """``n``, ``mean``, ``std`` (:func:`std`), ``min`` and ``max`` of the
+  values that are not ``None`` (a diverged run, say); ``None`` where there
+  are too few values for the field.
+
+  >>> summary([1.0, None, 3.0])
+  {'n': 2, 'mean': 2.0, 'std': 1.4142135623730951, 'min': 1.0, 'max': 3.0}
+  >>> summary([2.0])["std"], summary([])["mean"]
+  (None, None)
+  """
+  v = np.array([x for x in values if x is not None], np.float64)
+  if not v.size:
+    return dict(n=0, mean=None, std=None, min=None, max=None)
+  return dict(n=int(v.size), mean=float(v.mean()), std=std(v),
+              min=float(v.min()), max=float(v.max()))
+
+
+def spread_text(value: float | None, fmt: str) -> str:
+  """``value`` in ``fmt``, or ``"n/a"`` when there is none (one seed)."""
+  return "n/a" if value is None else format(value, fmt)
+
+
 def t_quantile(confidence: float, dof: int) -> float:
   """The two-sided Student t quantile: ``P(|T| <= q) = confidence``.
 
