@@ -56,7 +56,8 @@ def test_quick_study_writes_json_markdown_and_figure(tmp_path, capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["--methods", "adam"], "argument --methods: unknown method 'adam'"),
     (["--methods", "sgd", "flooding:every_k=2"], "argument --methods: "),
-    (["--methods", "sgd", "sam:rho=-1"], "argument --methods: sam:rho=-1: "),
+    (["--methods", "sgd", "sam:rho=-1"], "argument --methods: 'rho=-1' in "
+     "'sam:rho=-1': expected rho >= 0"),
     (["--noise", "1.5"], "argument --noise"),
     (["--tasks", "cifar"], "argument --tasks"),
     (["--configs", "1"], "argument --configs"),

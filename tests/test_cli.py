@@ -59,8 +59,8 @@ def test_unreadable_cifar_directory_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("main,argv,expected", [
     (compare.main, ["--methods", "adam"], "argument --methods: unknown "
      "method 'adam'"),
-    (compare.main, ["--methods", "sam:rho=-1"], "--methods sam:rho=-1: "
-     "argument --rho: expected a number >= 0 for method 'sam', got -1"),
+    (compare.main, ["--methods", "sam:rho=-1"], "argument --methods: "
+     "'rho=-1' in 'sam:rho=-1': expected rho >= 0, got -1"),
     (compare.main, ["--methods", "sam:radius=1"], "argument --methods: "
      "expected name=value"),
     (compare.main, ["--seeds", "0"], "argument --seeds: expected an integer"),

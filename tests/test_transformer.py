@@ -242,8 +242,8 @@ def test_methods_come_from_the_registry_with_their_defaults():
 
 
 def test_method_hyperparameters_are_held_to_the_registrys_domains():
-  with pytest.raises(ValueError, match=r"'sam:rho=-1': expected rho >= 0, "
-                     r"got -1$"):
+  with pytest.raises(ValueError, match=r"'rho=-1' in 'sam:rho=-1': expected "
+                     r"rho >= 0, got -1$"):
     tlm.parse_method("sam:rho=-1")
   with pytest.raises(ValueError, match=r"expected eps > 0, got 0$"):
     tlm.parse_method("forward:eps=0")

@@ -123,4 +123,9 @@ def parse(text: str) -> Spec:
         raise ValueError(f"{item!r} in {text!r}: lr must be > 0")
       if key == "wd" and fixed[key] < 0:
         raise ValueError(f"{item!r} in {text!r}: wd must be >= 0")
+      if key in hyper and not hyper[key].contains(fixed[key]):
+        words = hyper[key].describe()
+        raise ValueError(f"{item!r} in {text!r}: expected {key} "
+                         f"{'to be ' * words.startswith('a ')}{words}, got "
+                         f"{value}")
   return Spec(text, method, optimizer, fixed, ranges, every_k, budget)

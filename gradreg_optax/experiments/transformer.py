@@ -43,6 +43,7 @@ from flax import nnx
 import gradreg_optax as gro
 from gradreg_optax.experiments import _cli
 from gradreg_optax.experiments import _report
+from gradreg_optax.experiments import spec as spec_lib
 
 MODULE = "gradreg_optax.experiments.transformer"
 # The registry calls the base optimizer alone "sgd"; here it is AdamW.
@@ -255,9 +256,9 @@ def parse_method(spec: str) -> MethodSpec:
   """``"sam"``, ``"sam:rho=0.1"`` or ``"forward:gamma=0.02,eps=0.1"``.
 
   Args:
-    spec: a method name (a key of ``gro.METHODS``, or ``"adamw"`` for the
-      base optimizer alone), optionally followed by ``:`` and
-      comma-separated ``key=value`` hyperparameters.
+    spec: a method spec of :mod:`~gradreg_optax.experiments.spec` with
+      fixed hyperparameters only (``"adamw"`` or ``"sgd"``: the base
+      optimizer alone).
 
   Returns:
     The :class:`MethodSpec`, the registry's defaults filled in.
@@ -270,31 +271,16 @@ def parse_method(spec: str) -> MethodSpec:
     >>> parse_method("forward:gamma=0.02").hyperparameters
     {'gamma': 0.02, 'eps': 0.1}
   """
-  name, _, rest = spec.partition(":")
-  if name == BASELINE or name == "sgd":
-    name, defaults = BASELINE, {}
-  elif name in gro.METHODS:
-    defaults = dict(gro.METHODS[name].defaults)
-  else:
-    raise ValueError(f"unknown method {name!r} in {spec!r}; choose from "
-                     f"{[BASELINE] + [m for m in gro.METHODS if m != 'sgd']}")
-  hyper = dict(defaults)
-  for item in filter(None, rest.split(",")):
-    key, eq, value = item.partition("=")
-    if not eq or key not in defaults:
-      raise ValueError(f"{spec!r}: expected key=value with key one of "
-                       f"{sorted(defaults) or 'nothing'}, got {item!r}")
-    try:
-      hyper[key] = float(value)
-    except ValueError:
-      raise ValueError(f"{spec!r}: {key}={value!r} is not a number") from None
-    h = gro.METHODS[name].hyperparameters[key]
-    if not h.contains(hyper[key]):
-      words = h.describe()
-      raise ValueError(f"{spec!r}: expected {key} "
-                       f"{'to be ' * words.startswith('a ')}{words}, got "
-                       f"{value}")
-  return MethodSpec(name, hyper)
+  parsed = spec_lib.parse(spec)
+  if (parsed.ranges or set(parsed.fixed) & set(spec_lib.BASE)
+      or parsed.every_k != 1 or parsed.budget != 1):
+    raise ValueError(f"{spec!r}: expected name=value with a hyperparameter "
+                     "of the method only (no ranges, lr, wd, every_k or "
+                     "budget here)")
+  if parsed.method == "sgd":
+    return MethodSpec(BASELINE, {})
+  defaults = dict(gro.METHODS[parsed.method].defaults)
+  return MethodSpec(parsed.method, {**defaults, **parsed.fixed})
 
 
 def make_optimizer(model: TransformerLM, method: MethodSpec,
