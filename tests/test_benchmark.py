@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from gradreg_optax.experiments import benchmark
@@ -81,3 +82,48 @@ def test_another_protocol_in_out_is_refused_before_training(tmp_path,
     benchmark.main(["--quick", "--out", out])
   assert e.value.code == 2
   assert "another protocol" in capsys.readouterr().err
+
+
+def _row(spec, task, noise, test, vs_sgd=None, vs_matched=None):
+  row = {"spec": spec, "label": spec.upper(), "task": task, "noise": noise,
+         "test": test, "gradients": 1.0 if spec == "sgd" else 2.0,
+         "time": 1.0 if spec == "sgd" else 1.5}
+  for key, value in (("vs_sgd", vs_sgd), ("vs_matched", vs_matched)):
+    if value is not None:
+      row[key] = value
+  return row
+
+
+def test_forward_against_its_rivals_is_paired_by_seed_with_holm():
+  fwd = [0.90, 0.92, 0.95, 0.91]
+  bwd = [0.88, 0.91, 0.92, 0.90]
+  jvp = [0.90, 0.93, 0.94, 0.91]
+  rows = [_row("forward", "a", 0.2, fwd), _row("backward", "a", 0.2, bwd),
+          _row("jvp", "a", 0.2, jvp), _row("backward", "a", 0.4, bwd),
+          _row("sam", "a", 0.2, bwd)]
+  claim = benchmark._forward_vs(rows)  # pylint: disable=protected-access
+  assert [(c["rival"], c["noise"]) for c in claim] == [
+      ("backward", 0.2), ("jvp", 0.2)]  # no F-GR at 0.4, SAM no rival
+  diffs = [np.subtract(fwd, bwd), np.subtract(fwd, jvp)]
+  for c, d in zip(claim, diffs):
+    assert c["mean"] == pytest.approx(d.mean())
+    assert c["n"] == 4
+  ps = [c["p"] for c in claim]
+  lo, hi = sorted(ps)  # Holm over two: 2 p for the smaller, then monotone
+  want = {lo: min(1.0, 2 * lo), hi: max(min(1.0, 2 * lo), hi)}
+  assert [c["p_holm"] for c in claim] == pytest.approx([want[p] for p in ps])
+
+
+def test_scoreboard_counts_holm_significant_cells_by_sign():
+  sig = lambda mean: {"mean": mean, "p_holm": 0.01}
+  not_sig = {"mean": 0.5, "p_holm": 0.2}
+  rows = [_row("sgd", "a", 0.0, [0.9]), _row("sgd", "a", 0.4, [0.8]),
+          _row("sam", "a", 0.0, [0.9], sig(0.02), sig(0.01)),
+          _row("sam", "a", 0.4, [0.8], sig(-0.03), not_sig),
+          _row("adamw", "a", 0.0, [0.9], not_sig),
+          _row("adamw", "a", 0.4, [0.8], sig(0.01))]
+  text = benchmark.scoreboard({"summary": rows})
+  assert "over the 2 (task, noise) cells" in text
+  assert "| SGD | 2 | - | - | 1.00 | 1.00 |" in text
+  assert "| SAM | 2 | 1 / 1 | 1 / 0 | 2.00 | 1.50 |" in text
+  assert "| ADAMW | 2 | 1 / 0 | - | 2.00 | 1.50 |" in text

@@ -227,6 +227,7 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     for r, p in zip(family, stats.holm([r[key]["p"] for r in family])):
       r[key]["p_holm"] = p
   result["summary"] = rows
+  result["forward_vs"] = _forward_vs(rows)
   seeds = [len(rec["test"]) for units in result["units"].values()
            for u in units.values() for rec in u["per_noise"]]
   result["seeds_completed"] = min(seeds) if seeds else 0
@@ -235,6 +236,59 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
           "chosen": r["chosen"], "grid": r["grid"],
           "at_edge": r["at_edge"]} for r in rows}
   return rows
+
+
+# The seed's claim: the forward difference generalizes better than the
+# backward one and than the exact product (double backpropagation, jvp).
+FORWARD_RIVALS = ("backward", "jvp", "double_backprop")
+
+
+def _forward_vs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """F-GR against each of :data:`FORWARD_RIVALS` in every cell that has both,
+  paired by seed, Holm-adjusted over these comparisons."""
+  out = []
+  for r in rows:
+    if r["spec"] != "forward":
+      continue
+    for rival in rows:
+      if (rival["spec"] in FORWARD_RIVALS and rival["task"] == r["task"]
+          and rival["noise"] == r["noise"]):
+        out.append({"task": r["task"], "noise": r["noise"],
+                    "rival": rival["spec"], "label": rival["label"],
+                    **stats.paired(r["test"], rival["test"]).as_dict()})
+  for o, p in zip(out, stats.holm([o["p"] for o in out])):
+    o["p_holm"] = p
+  return out
+
+
+def scoreboard(result: dict[str, Any]) -> str:
+  """Per method, the cells where it differs from tuned and from
+  compute-matched SGD after Holm's correction, and its median cost."""
+  rows = result["summary"]
+  cells = len({(r["task"], r["noise"]) for r in rows})
+  lines = [f"Per method, over the {cells} (task, noise) cells: how often it "
+           f"is better (+) or worse (-) than tuned SGD and than "
+           f"compute-matched SGD (Holm at {LEVEL:g}), and its median cost "
+           "per run relative to SGD.", "",
+           "| method | cells | vs SGD: + / - | vs matched SGD: + / - "
+           "| grads / run | time / run |", "|---|---|---|---|---|---|"]
+  for spec in dict.fromkeys(r["spec"] for r in rows):
+    mine = [r for r in rows if r["spec"] == spec]
+
+    def count(key, sign):
+      return sum(1 for r in mine if key in r and r[key]["p_holm"] is not None
+                 and r[key]["p_holm"] < LEVEL and sign * r[key]["mean"] > 0)
+
+    matched = any("vs_matched" in r for r in mine)
+    lines.append(
+        f"| {mine[0]['label']} | {len(mine)} | "
+        + (f"{count('vs_sgd', 1)} / {count('vs_sgd', -1)}"
+           if spec != REFERENCE else "-") + " | "
+        + (f"{count('vs_matched', 1)} / {count('vs_matched', -1)}"
+           if matched else "-")
+        + f" | {np.median([r['gradients'] for r in mine]):.2f} | "
+        f"{np.median([r['time'] for r in mine]):.2f} |")
+  return "\n".join(lines)
 
 
 def _fmt_hyper(chosen: dict[str, float], searched: Sequence[str]) -> str:
@@ -301,6 +355,15 @@ def findings(result: dict[str, Any]) -> str:
                    f"{r['task']} {100 * r['noise']:g} % {r['label']} "
                    f"{stats.Difference.from_dict(r[key]).text(100)} points, "
                    f"p_holm {r[key]['p_holm']:.2g}" for r in sig) + "."))
+  claim = result.get("forward_vs", [])
+  if claim:
+    out.append(
+        f"F-GR against B-GR and exact GR, paired by seed ({len(claim)} "
+        f"comparisons, Holm at {LEVEL:g}): " + "; ".join(
+            f"{c['task']} {100 * c['noise']:g} % − {c['label']} "
+            f"{stats.Difference.from_dict(c).text(100)}"
+            + (f" (p_holm {c['p_holm']:.2g})" if c["p_holm"] is not None
+               and c["p_holm"] < LEVEL else "") for c in claim) + ".")
   return "\n".join(out)
 
 
@@ -325,7 +388,7 @@ def report(result: dict[str, Any]) -> str:
       f"{result['seeds_completed']}; (task, method) units: {units}; "
       f"devices: {'; '.join(result['devices'])}; wall "
       f"{result.get('wall_s', 0):.0f} s.\n\n" + table(result) + "\n\n"
-      + findings(result))
+      + scoreboard(result) + "\n\n" + findings(result))
 
 
 def save(out: str, result: dict[str, Any]) -> None:
