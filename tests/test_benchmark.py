@@ -52,6 +52,16 @@ def test_quick_study_writes_json_markdown_and_figure(tmp_path, capsys):
   merged = benchmark.main(["--merge", out + ".json", out + ".json",
                            "--out", str(tmp_path / "merged"), "--quiet"])
   assert merged["summary"] == saved["summary"]
+  # The merged file is compact, and merging it again gives the same report.
+  with open(tmp_path / "merged.json") as f:
+    small = json.load(f)
+  assert all("tried" not in rec for u in small["units"]["digits-mlp"].values()
+             for rec in u["per_noise"])
+  again = benchmark.main(["--merge", str(tmp_path / "merged.json"), "--out",
+                          str(tmp_path / "again"), "--quiet"])
+  assert [r["vs_sgd"]["mean"] for r in again["summary"] if "vs_sgd" in r] == (
+      pytest.approx([r["vs_sgd"]["mean"] for r in saved["summary"]
+                     if "vs_sgd" in r], abs=1e-5))
 
 
 @pytest.mark.parametrize("argv, expected", [

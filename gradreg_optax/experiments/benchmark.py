@@ -391,10 +391,40 @@ def report(result: dict[str, Any]) -> str:
       + scoreboard(result) + "\n\n" + findings(result))
 
 
-def save(out: str, result: dict[str, Any]) -> None:
-  """Writes ``out.json`` and ``out.md`` (atomically: a stop leaves either)."""
+def compact(result: dict[str, Any]) -> dict[str, Any]:
+  """``result`` without what a merge does not need: each unit's search
+  record (``tried``) and last-epoch accuracies, the summary rows' per-seed
+  accuracies and chosen configurations (in ``units`` and ``chosen``), with
+  numbers to 6 significant digits. ``--merge`` of it gives the same report.
+  """
+  def rounded(x):
+    if isinstance(x, float):
+      return float(f"{x:.6g}")
+    if isinstance(x, dict):
+      return {k: rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return [rounded(v) for v in x]
+    return x
+
+  out = rounded(result)
+  for units in out["units"].values():
+    for u in units.values():
+      for rec in u["per_noise"]:
+        rec.pop("tried", None)
+        rec.pop("test_last", None)
+  for row in out["summary"]:
+    for key in ("test", "chosen", "grid", "at_edge"):
+      row.pop(key, None)
+  return out
+
+
+def save(out: str, result: dict[str, Any], *, small: bool = False) -> None:
+  """Writes ``out.json`` and ``out.md`` (atomically: a stop leaves either);
+  ``small``: the JSON :func:`compact` and without indentation."""
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  for ext, text in ((".json", json.dumps(result, indent=1)),
+  data = (json.dumps(compact(result), separators=(",", ":")) if small
+          else json.dumps(result, indent=1))
+  for ext, text in ((".json", data),
                     (".md", "Commands:\n\n" + "\n".join(
                         f"    {c}" for c in result["commands"]) + "\n\n"
                      + report(result) + "\n")):
@@ -513,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       + " ".join(QUICK_METHODS) + ")")
   parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                       help="combine these result files (same protocol) "
-                      "instead of training")
+                      "instead of training, into a compact OUT.json (no "
+                      "search records)")
   parser.add_argument("--out", default=None, help="write OUT.json and OUT.md "
                       "(resuming from OUT.json if it exists)")
   parser.add_argument("--figure", default=None, help="write this PNG")
@@ -560,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       parser.error(f"argument --merge: {e}")
     result["commands"].append(command)
     if args.out:
-      save(args.out, result)
+      save(args.out, result, small=True)
   else:
     protocol = harness.Protocol(
         noise=tuple(args.noise), seeds=args.seeds,
