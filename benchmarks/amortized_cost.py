@@ -25,8 +25,8 @@ device sync; the ratio to SGD is the median over rounds of the per-round
 ratio. Memory is XLA's memory analysis of each compiled program
 (temporaries; parameters, optimizer state and BatchNorm statistics donated):
 ``host`` lists its recomputing program (the larger), ``device`` the one
-program; ``scan`` the whole scanned program. ``ideal`` is ``1 + extra / k`` (one extra gradient for the methods
-here).
+program; ``scan`` the whole scanned program. ``ideal`` is ``1 + extra / k``
+(one extra gradient for the methods here).
 
     python amortized_cost.py --models mlp cnn resnet --ks 2 4 10
     python amortized_cost.py --quick                     # tiny dry run

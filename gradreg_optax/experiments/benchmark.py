@@ -2,9 +2,9 @@
 
 ``python -m gradreg_optax.experiments.benchmark`` runs the protocol of
 :mod:`~gradreg_optax.experiments.harness` on MNIST-1D (an MLP and a 1-D CNN)
-and scikit-learn's digits (an MLP; its small CNN with ``--tasks digits-cnn``, the
-costliest task on a CPU), at 0, 20 and 40 % label
-noise, for SGD, AdamW, the compute-matched SGD (``sgd:budget=2``, ``=3``)
+and scikit-learn's digits (an MLP; its small CNN with ``--tasks
+digits-cnn``, the costliest task on a CPU), at 0, 20 and 40 % label noise,
+for SGD, AdamW, the compute-matched SGD (``sgd:budget=2``, ``=3``)
 and the methods of ``gro.METHODS`` (any of them by name, see
 :mod:`~gradreg_optax.experiments.spec`), and reports per task and noise rate
 the clean test accuracy of each method at its chosen configuration over
@@ -296,10 +296,6 @@ def _fmt_hyper(chosen: dict[str, float], searched: Sequence[str]) -> str:
                    for k, v in chosen.items())
 
 
-def _p(x: float | None) -> str:
-  return "n/a" if x is None else f"{x:.2g}"
-
-
 def table(result: dict[str, Any]) -> str:
   """The summary as Markdown, one table per task and noise rate."""
   lines = []
@@ -330,10 +326,12 @@ def table(result: dict[str, Any]) -> str:
             + stats.mean_std_text(r["test"]) + " | "
             + (stats.Difference.from_dict(vs).text(100) if vs else "-")
             + " | "
-            + (_p(vs.get("p_holm")) if vs else "-") + " | "
+            + (stats.text_or_na(vs.get("p_holm"), ".2g") if vs else "-")
+            + " | "
             + (f"{stats.Difference.from_dict(vm).text(100)} ({r['matched']})"
                if vm else "-") + " | "
-            + (_p(vm.get("p_holm")) if vm else "-") + " | "
+            + (stats.text_or_na(vm.get("p_holm"), ".2g") if vm else "-")
+            + " | "
             + f"{r['gradients']:.2f} | {r['time']:.2f} | {fr} |")
       se = max(r["test_binomial_se"] for r in cell)
       lines += ["", f"Test-set sampling error (binomial SE at these "
@@ -397,16 +395,7 @@ def compact(result: dict[str, Any]) -> dict[str, Any]:
   accuracies and chosen configurations (in ``units`` and ``chosen``), with
   numbers to 6 significant digits. ``--merge`` of it gives the same report.
   """
-  def rounded(x):
-    if isinstance(x, float):
-      return float(f"{x:.6g}")
-    if isinstance(x, dict):
-      return {k: rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return [rounded(v) for v in x]
-    return x
-
-  out = rounded(result)
+  out = _report.rounded(result, 6)
   for units in out["units"].values():
     for u in units.values():
       for rec in u["per_noise"]:

@@ -89,7 +89,7 @@ def table(result: dict[str, Any]) -> str:
            "|---" * (len(MEASURES) + 1) + "|"]
   for m in METHODS:
     cells = [f"{result['mean'][m][k]:.4g} ± "
-             f"{stats.spread_text(result['std'][m][k], '.2g')}"
+             f"{stats.text_or_na(result['std'][m][k], '.2g')}"
              for k in MEASURES]
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines)

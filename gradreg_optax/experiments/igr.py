@@ -222,7 +222,7 @@ def paired(configs: list[dict[str, Any]], levels: Sequence[float],
 def _ratio_cell(st: dict[str, Any]) -> str:
   if not st.get("n"):
     return "n/a"
-  return (f"{st['mean']:.3f} ± {stats.spread_text(st['std'], '.3f')} "
+  return (f"{st['mean']:.3f} ± {stats.text_or_na(st['std'], '.3f')} "
           f"[{st['min']:.3f}, "
           f"{st['max']:.3f}] ({st['n']})")
 
@@ -245,7 +245,7 @@ def paired_table(res: dict[str, Any], levels: Sequence[float]) -> str:
 def _cell(st: dict[str, Any], fmt: str = ".2e") -> str:
   if not st.get("n"):
     return "n/a"
-  return (f"{st['mean']:{fmt}} ± {stats.spread_text(st['std'], '.1e')} "
+  return (f"{st['mean']:{fmt}} ± {stats.text_or_na(st['std'], '.1e')} "
           f"({st['n']})")
 
 

@@ -51,8 +51,9 @@ def summary(values: Sequence[float | None]) -> dict[str, float | int | None]:
               min=float(v.min()), max=float(v.max()))
 
 
-def spread_text(value: float | None, fmt: str) -> str:
-  """``value`` in ``fmt``, or ``"n/a"`` when there is none (one seed)."""
+def text_or_na(value: float | None, fmt: str) -> str:
+  """``value`` in ``fmt``, or ``"n/a"`` when there is none (the spread of
+  one seed, a test with one seed)."""
   return "n/a" if value is None else format(value, fmt)
 
 
